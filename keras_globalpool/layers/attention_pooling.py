@@ -1,0 +1,159 @@
+"""`GlobalAttentionPooling`: a learned, attention-weighted mean."""
+
+import keras
+from keras import ops
+
+from keras_globalpool import ops as pool_ops
+from keras_globalpool.layers.base_global_pooling import (
+    BaseGlobalPooling,
+    check_option,
+)
+
+NORMALIZATIONS = ("sigmoid", "softmax")
+
+
+@keras.saving.register_keras_serializable(package="keras_globalpool")
+class GlobalAttentionPooling(BaseGlobalPooling):
+    """Attention-weighted global pooling for 1D, 2D and 3D feature maps.
+
+    A small branch scores every position: a 1x1 convolution to
+    `max(channels // reduction, 1)` units, ReLU, and a 1x1 convolution to one
+    logit. The output is each channel's mean weighted by those scores, so the
+    layer learns where to look; it is common in medical imaging, where the
+    lesion covers a small part of the scan. `"sigmoid"` weights are
+    `sigmoid(z) / sum(sigmoid(z))`; `"softmax"` weights are `softmax(z)`.
+    Either way the weights sum to 1 and the output is a convex combination:
+    each channel's result lies between that channel's minimum and maximum.
+
+    Args:
+        reduction: int >= 1. The bottleneck's channel reduction. Defaults to
+            `8`.
+        normalize: string, `"sigmoid"` or `"softmax"`. Defaults to
+            `"sigmoid"`.
+        kernel_initializer: initializer for both 1x1 kernels. Defaults to
+            `"glorot_uniform"`.
+        bias_initializer: initializer for both biases. Defaults to `"zeros"`.
+        kernel_regularizer: optional regularizer for both 1x1 kernels.
+        data_format: string, `"channels_last"` or `"channels_first"`.
+            Defaults to `keras.config.image_data_format()`.
+        keepdims: bool. Keep the spatial axes with size 1. Defaults to
+            `False`.
+        **kwargs: base layer arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: a tensor of rank 3, 4 or 5.
+        mask: optional boolean tensor of shape `(batch, *spatial)`; masked
+            positions get zero weight, and a fully masked sample gives zeros.
+        return_attention_scores: bool. Also return the weights, of shape
+            `(batch, *spatial)`. Defaults to `False`.
+
+    Input shape:
+        `(batch, *spatial, channels)` with `"channels_last"`,
+        `(batch, channels, *spatial)` with `"channels_first"`.
+
+    Output shape:
+        `(batch, channels)`; with `keepdims=True`, the input shape with
+        every spatial axis of size 1. With `return_attention_scores=True`,
+        a tuple `(pooled, scores)`.
+
+    Example:
+
+    >>> x = np.random.rand(2, 7, 7, 16).astype("float32")
+    >>> pooled, scores = kgp.GlobalAttentionPooling()(
+    ...     x, return_attention_scores=True)
+    >>> pooled.shape, scores.shape
+    ((2, 16), (2, 7, 7))
+    """
+
+    def __init__(
+        self,
+        reduction=8,
+        normalize="sigmoid",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        data_format=None,
+        keepdims=False,
+        **kwargs,
+    ):
+        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+            raise ValueError(
+                f"`reduction` must be an integer >= 1. Received: reduction={reduction!r}"
+            )
+        self.reduction = reduction
+        self.normalize = check_option("normalize", normalize, NORMALIZATIONS)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        channels = self._known_channels(input_shape)
+        units = max(channels // self.reduction, 1)
+        self.hidden_kernel = self._kernel("hidden_kernel", (channels, units))
+        self.hidden_bias = self.add_weight(
+            name="hidden_bias", shape=(units,), initializer=self.bias_initializer
+        )
+        self.score_kernel = self._kernel("score_kernel", (units, 1))
+        self.score_bias = self.add_weight(
+            name="score_bias", shape=(1,), initializer=self.bias_initializer
+        )
+
+    def _kernel(self, name, shape):
+        return self.add_weight(
+            name=name,
+            shape=shape,
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+
+    def _logits(self, x):
+        """The branch's logit per position, with a channel axis of size 1."""
+        channel_axis = self._channel_axis(len(x.shape))
+        features = ops.cast(ops.moveaxis(x, channel_axis, -1), self.compute_dtype)
+        hidden = ops.relu(ops.matmul(features, self.hidden_kernel) + self.hidden_bias)
+        logits = ops.matmul(hidden, self.score_kernel) + self.score_bias
+        return ops.moveaxis(ops.cast(logits, x.dtype), -1, channel_axis)
+
+    def call(self, inputs, mask=None, return_attention_scores=False):
+        x, mask, axes = self._prepare(inputs, mask)
+        weights = pool_ops.normalize_scores(self._logits(x), axes, mask, self.normalize)
+        pooled = self._finish(
+            pool_ops.global_weighted_pool(x, weights, axes, self.keepdims)
+        )
+        if not return_attention_scores:
+            return pooled
+        channel_axis = self._channel_axis(len(x.shape))
+        return pooled, self._finish(ops.squeeze(weights, axis=channel_axis))
+
+    def compute_output_spec(self, inputs, mask=None, return_attention_scores=False):
+        pooled = keras.KerasTensor(
+            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
+        )
+        if not return_attention_scores:
+            return pooled
+        channel_axis = self._channel_axis(len(inputs.shape))
+        scores_shape = tuple(
+            d for i, d in enumerate(inputs.shape) if i != channel_axis
+        )
+        return pooled, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "reduction": self.reduction,
+                "normalize": self.normalize,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+                "kernel_regularizer": keras.regularizers.serialize(
+                    self.kernel_regularizer
+                ),
+            }
+        )
+        return config

@@ -1,0 +1,140 @@
+"""The base class every keras-globalpool layer shares."""
+
+import keras
+from keras import ops
+
+_RANKS = (3, 4, 5)
+_LOW_PRECISION = ("float16", "bfloat16")
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def check_option(name, value, allowed):
+    """Raises a Keras-style `ValueError` unless `value` is one of `allowed`.
+
+    Args:
+        name: string. The argument's name.
+        value: the value received.
+        allowed: tuple of the allowed values.
+
+    Returns:
+        `value`, unchanged.
+    """
+    if value not in allowed:
+        choices = "{" + ", ".join(repr(a) for a in allowed) + "}"
+        raise ValueError(
+            f"`{name}` must be one of {choices}. Received: {name}={value!r}"
+        )
+    return value
+
+
+class BaseGlobalPooling(keras.layers.Layer):
+    """Global pooling over every spatial axis of a 1D, 2D or 3D feature map.
+
+    It validates `data_format` and the input rank, finds the spatial and
+    channel axes from the rank, applies masks, computes 16-bit inputs in
+    float32 and casts the result back, and implements `compute_output_shape`
+    and `get_config`. Subclasses write `__init__`, `build` (if they have
+    weights) and `call`.
+
+    Args:
+        data_format: string, `"channels_last"` or `"channels_first"`.
+            Defaults to `keras.config.image_data_format()`.
+        keepdims: bool. Keep the spatial axes with size 1. Defaults to
+            `False`.
+        **kwargs: base layer arguments, such as `name` and `dtype`.
+    """
+
+    # How many output channels one input channel makes (timm's feat_mult).
+    channel_multiplier = 1
+
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        if data_format is None:
+            data_format = keras.config.image_data_format()
+        self.data_format = check_option("data_format", data_format, DATA_FORMATS)
+        self.keepdims = bool(keepdims)
+        self.supports_masking = True
+
+    # === Shapes ===
+
+    def _check_rank(self, input_shape):
+        if len(input_shape) not in _RANKS:
+            raise ValueError(
+                f"`{type(self).__name__}` expects an input of rank 3, 4 or 5 "
+                "(a 1D, 2D or 3D feature map with batch and channel axes). "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+
+    def _channel_axis(self, rank):
+        return rank - 1 if self.data_format == "channels_last" else 1
+
+    def _spatial_axes(self, rank):
+        if self.data_format == "channels_last":
+            return tuple(range(1, rank - 1))
+        return tuple(range(2, rank))
+
+    def _channels(self, input_shape):
+        return input_shape[self._channel_axis(len(input_shape))]
+
+    def _known_channels(self, input_shape):
+        """The channel count, for layers whose weights are sized by it."""
+        channels = self._channels(input_shape)
+        if channels is None:
+            raise ValueError(
+                f"`{type(self).__name__}` needs a known number of channels to "
+                f"build its weights (data_format={self.data_format!r}). "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        return channels
+
+    def build(self, input_shape):
+        self._check_rank(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        self._check_rank(input_shape)
+        rank = len(input_shape)
+        channels = self._channels(input_shape)
+        if channels is not None:
+            channels = channels * self.channel_multiplier
+        if not self.keepdims:
+            return (input_shape[0], channels)
+        spatial = (1,) * (rank - 2)
+        if self.data_format == "channels_last":
+            return (input_shape[0],) + spatial + (channels,)
+        return (input_shape[0], channels) + spatial
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    # === Call helpers ===
+
+    @property
+    def reduction_dtype(self):
+        """The dtype reductions run in: float32 for 16-bit compute dtypes."""
+        dtype = keras.backend.standardize_dtype(self.compute_dtype)
+        return "float32" if dtype in _LOW_PRECISION else dtype
+
+    def _prepare(self, inputs, mask):
+        """Casts `inputs` for reduction and broadcasts `mask` against them.
+
+        Returns:
+            `(x, mask, axes)`: `x` in `reduction_dtype` with masked positions
+            zeroed, the boolean mask with a channel axis of size 1 (or None),
+            and the spatial axes.
+        """
+        x = ops.cast(inputs, self.reduction_dtype)
+        rank = len(x.shape)
+        axes = self._spatial_axes(rank)
+        if mask is not None:
+            mask = ops.expand_dims(ops.cast(mask, "bool"), self._channel_axis(rank))
+            x = ops.where(mask, x, ops.zeros_like(x))
+        return x, mask, axes
+
+    def _finish(self, outputs):
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"data_format": self.data_format, "keepdims": self.keepdims})
+        return config
+

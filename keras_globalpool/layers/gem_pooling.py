@@ -1,0 +1,93 @@
+"""`GlobalGeMPooling`: the generalized (power) mean."""
+
+import keras
+from keras import ops
+
+from keras_globalpool import ops as pool_ops
+from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
+
+# A trainable `p` is floored here in `call`, so a large gradient step can
+# never take it to zero or below, where the formula has no meaning.
+P_FLOOR = 1e-3
+
+
+@keras.saving.register_keras_serializable(package="keras_globalpool")
+class GlobalGeMPooling(BaseGlobalPooling):
+    """Generalized-mean (GeM) pooling for 1D, 2D and 3D feature maps.
+
+    Computes `mean(max(x, eps) ** p) ** (1 / p)` per channel: `p = 1` is
+    average pooling, and as `p` grows it approaches max pooling. It is the
+    standard pooling for image retrieval (Radenović et al.). Inputs below
+    `eps` (negative ones included) are clamped to `eps`. The layer works in
+    log space, so neither a large `p` nor float16 inputs overflow, and an
+    all-zero input has finite gradients. A trainable `p` is floored at
+    `1e-3` when used.
+
+    Args:
+        p: float > 0. The initial exponent. Defaults to `3.0`.
+        trainable_p: bool. Learn `p` with the rest of the model. Defaults to
+            `True`.
+        eps: float > 0. The clamp floor. Defaults to `1e-6`.
+        data_format: string, `"channels_last"` or `"channels_first"`.
+            Defaults to `keras.config.image_data_format()`.
+        keepdims: bool. Keep the spatial axes with size 1. Defaults to
+            `False`.
+        **kwargs: base layer arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: a tensor of rank 3, 4 or 5.
+        mask: optional boolean tensor of shape `(batch, *spatial)`; masked
+            positions are left out, and a fully masked sample gives zeros.
+
+    Input shape:
+        `(batch, *spatial, channels)` with `"channels_last"`,
+        `(batch, channels, *spatial)` with `"channels_first"`.
+
+    Output shape:
+        `(batch, channels)`; with `keepdims=True`, the input shape with
+        every spatial axis of size 1.
+
+    Example:
+
+    >>> x = np.random.rand(2, 7, 7, 16).astype("float32")
+    >>> kgp.GlobalGeMPooling(p=3.0)(x).shape
+    (2, 16)
+    """
+
+    def __init__(
+        self,
+        p=3.0,
+        trainable_p=True,
+        eps=1e-6,
+        data_format=None,
+        keepdims=False,
+        **kwargs,
+    ):
+        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not p > 0:
+            raise ValueError(f"`p` must be a number > 0. Received: p={p!r}")
+        if not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"`eps` must be a number > 0. Received: eps={eps!r}")
+        self.p = float(p)
+        self.trainable_p = bool(trainable_p)
+        self.eps = float(eps)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.p_weight = self.add_weight(
+            name="p",
+            shape=(),
+            initializer=keras.initializers.Constant(self.p),
+            trainable=self.trainable_p,
+        )
+
+    def call(self, inputs, mask=None):
+        x, mask, axes = self._prepare(inputs, mask)
+        p = ops.maximum(ops.cast(self.p_weight, x.dtype), P_FLOOR)
+        pooled = pool_ops.global_gem_pool(x, p, axes, mask, self.eps, self.keepdims)
+        return self._finish(pooled)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"p": self.p, "trainable_p": self.trainable_p, "eps": self.eps})
+        return config

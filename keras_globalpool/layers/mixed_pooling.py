@@ -1,0 +1,88 @@
+"""`GlobalMixedPooling`: average and max pooling together."""
+
+import keras
+from keras import ops
+
+from keras_globalpool import ops as pool_ops
+from keras_globalpool.layers.base_global_pooling import (
+    BaseGlobalPooling,
+    check_option,
+)
+
+MODES = ("concat", "mean", "learned")
+
+
+@keras.saving.register_keras_serializable(package="keras_globalpool")
+class GlobalMixedPooling(BaseGlobalPooling):
+    """Global average and max pooling combined, for 1D, 2D and 3D maps.
+
+    The head then sees both how strongly a feature is present overall and
+    its peak. `"concat"` (timm's `catavgmax`) stacks `[avg, max]` along the
+    channel axis, giving twice the channels; `"mean"` gives
+    `0.5 * (avg + max)`; `"learned"` gives `g * avg + (1 - g) * max` with a
+    trainable per-channel gate `g`, clipped to [0, 1] and initialized at 0.5.
+
+    Args:
+        mode: string, one of `"concat"`, `"mean"`, `"learned"`. Defaults to
+            `"concat"`.
+        data_format: string, `"channels_last"` or `"channels_first"`.
+            Defaults to `keras.config.image_data_format()`.
+        keepdims: bool. Keep the spatial axes with size 1. Defaults to
+            `False`.
+        **kwargs: base layer arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: a tensor of rank 3, 4 or 5.
+        mask: optional boolean tensor of shape `(batch, *spatial)`; masked
+            positions are left out, and a fully masked sample gives zeros.
+
+    Input shape:
+        `(batch, *spatial, channels)` with `"channels_last"`,
+        `(batch, channels, *spatial)` with `"channels_first"`.
+
+    Output shape:
+        `(batch, k * channels)`, where `k` is 2 for `"concat"` and 1
+        otherwise; with `keepdims=True`, the spatial axes stay with size 1.
+
+    Example:
+
+    >>> x = np.random.rand(2, 7, 7, 16).astype("float32")
+    >>> kgp.GlobalMixedPooling()(x).shape
+    (2, 32)
+    """
+
+    def __init__(self, mode="concat", data_format=None, keepdims=False, **kwargs):
+        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        self.mode = check_option("mode", mode, MODES)
+
+    @property
+    def channel_multiplier(self):
+        return 2 if self.mode == "concat" else 1
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.mode == "learned":
+            self.gate = self.add_weight(
+                name="gate",
+                shape=(self._known_channels(input_shape),),
+                initializer=keras.initializers.Constant(0.5),
+            )
+
+    def call(self, inputs, mask=None):
+        x, mask, axes = self._prepare(inputs, mask)
+        avg = pool_ops.global_avg_pool(x, axes, mask, self.keepdims)
+        peak = pool_ops.global_max_pool(x, axes, mask, self.keepdims)
+        channel_axis = self._channel_axis(len(avg.shape))
+        if self.mode == "concat":
+            return self._finish(ops.concatenate([avg, peak], axis=channel_axis))
+        if self.mode == "mean":
+            return self._finish(0.5 * (avg + peak))
+        gate = ops.clip(ops.cast(self.gate, avg.dtype), 0.0, 1.0)
+        if channel_axis != len(avg.shape) - 1:
+            gate = ops.reshape(gate, (-1,) + (1,) * (len(avg.shape) - 2))
+        return self._finish(gate * avg + (1.0 - gate) * peak)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mode": self.mode})
+        return config
