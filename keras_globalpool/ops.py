@@ -15,6 +15,8 @@ Example:
 
 from keras import ops
 
+from keras_globalpool import fast_paths
+
 # Logits of masked positions: exp() of it underflows to exactly zero, yet it
 # stays finite, so no inf - inf = NaN appears in the normalization.
 _MASKED_LOGIT = -1e30
@@ -63,6 +65,9 @@ def global_avg_pool(x, axes, mask=None, keepdims=False):
         The pooled tensor.
     """
     if mask is None:
+        window = fast_paths.pooling_window(x, axes)
+        if window is not None:
+            return fast_paths.window_avg_pool(x, window, axes, keepdims)
         return ops.mean(x, axis=axes, keepdims=keepdims)
     total = ops.sum(x, axis=axes, keepdims=keepdims)
     count = count_valid(x, axes, mask, keepdims)
@@ -82,6 +87,9 @@ def global_max_pool(x, axes, mask=None, keepdims=False):
         The pooled tensor.
     """
     if mask is None:
+        window = fast_paths.pooling_window(x, axes)
+        if window is not None:
+            return fast_paths.window_max_pool(x, window, axes, keepdims)
         return ops.max(x, axis=axes, keepdims=keepdims)
     x = ops.where(mask, x, float("-inf"))
     pooled = ops.max(x, axis=axes, keepdims=keepdims)

@@ -77,9 +77,14 @@ class GlobalAttentionPooling(BaseGlobalPooling):
         **kwargs,
     ):
         super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
-        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+        if (
+            isinstance(reduction, bool)
+            or not isinstance(reduction, int)
+            or reduction < 1
+        ):
             raise ValueError(
-                f"`reduction` must be an integer >= 1. Received: reduction={reduction!r}"
+                "`reduction` must be an integer >= 1. "
+                f"Received: reduction={reduction!r}"
             )
         self.reduction = reduction
         self.normalize = check_option("normalize", normalize, NORMALIZATIONS)
@@ -92,29 +97,37 @@ class GlobalAttentionPooling(BaseGlobalPooling):
         channels = self._known_channels(input_shape)
         units = max(channels // self.reduction, 1)
         self.hidden_kernel = self._kernel("hidden_kernel", (channels, units))
-        self.hidden_bias = self.add_weight(
-            name="hidden_bias", shape=(units,), initializer=self.bias_initializer
-        )
+        self.hidden_bias = self._bias("hidden_bias", (units,))
         self.score_kernel = self._kernel("score_kernel", (units, 1))
-        self.score_bias = self.add_weight(
-            name="score_bias", shape=(1,), initializer=self.bias_initializer
-        )
+        self.score_bias = self._bias("score_bias", (1,))
 
+    # The branch runs in `reduction_dtype` (float32 under mixed precision):
+    # softmax weights of 16-bit logits can be off by a factor of e when the
+    # features are in the hundreds, so the weights are not autocast.
     def _kernel(self, name, shape):
         return self.add_weight(
             name=name,
             shape=shape,
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
+            autocast=False,
+        )
+
+    def _bias(self, name, shape):
+        return self.add_weight(
+            name=name, shape=shape, initializer=self.bias_initializer, autocast=False
         )
 
     def _logits(self, x):
         """The branch's logit per position, with a channel axis of size 1."""
         channel_axis = self._channel_axis(len(x.shape))
-        features = ops.cast(ops.moveaxis(x, channel_axis, -1), self.compute_dtype)
-        hidden = ops.relu(ops.matmul(features, self.hidden_kernel) + self.hidden_bias)
-        logits = ops.matmul(hidden, self.score_kernel) + self.score_bias
-        return ops.moveaxis(ops.cast(logits, x.dtype), -1, channel_axis)
+        hidden_kernel, hidden_bias, score_kernel, score_bias = (
+            ops.cast(w, x.dtype) for w in self.weights
+        )
+        features = ops.moveaxis(x, channel_axis, -1)
+        hidden = ops.relu(ops.matmul(features, hidden_kernel) + hidden_bias)
+        logits = ops.matmul(hidden, score_kernel) + score_bias
+        return ops.moveaxis(logits, -1, channel_axis)
 
     def call(self, inputs, mask=None, return_attention_scores=False):
         x, mask, axes = self._prepare(inputs, mask)
@@ -134,9 +147,7 @@ class GlobalAttentionPooling(BaseGlobalPooling):
         if not return_attention_scores:
             return pooled
         channel_axis = self._channel_axis(len(inputs.shape))
-        scores_shape = tuple(
-            d for i, d in enumerate(inputs.shape) if i != channel_axis
-        )
+        scores_shape = tuple(d for i, d in enumerate(inputs.shape) if i != channel_axis)
         return pooled, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
 
     def get_config(self):
@@ -148,9 +159,7 @@ class GlobalAttentionPooling(BaseGlobalPooling):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
-                "bias_initializer": keras.initializers.serialize(
-                    self.bias_initializer
-                ),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(
                     self.kernel_regularizer
                 ),

@@ -137,4 +137,3 @@ class BaseGlobalPooling(keras.layers.Layer):
         config = super().get_config()
         config.update({"data_format": self.data_format, "keepdims": self.keepdims})
         return config
-

@@ -79,6 +79,7 @@ class GlobalGeMPooling(BaseGlobalPooling):
             shape=(),
             initializer=keras.initializers.Constant(self.p),
             trainable=self.trainable_p,
+            autocast=False,  # p is used in float32 even under mixed precision
         )
 
     def call(self, inputs, mask=None):

@@ -66,6 +66,7 @@ class GlobalMixedPooling(BaseGlobalPooling):
                 name="gate",
                 shape=(self._known_channels(input_shape),),
                 initializer=keras.initializers.Constant(0.5),
+                autocast=False,  # mixed in float32 even under mixed precision
             )
 
     def call(self, inputs, mask=None):

@@ -1,0 +1,93 @@
+"""What the layer tests share: the layers, inputs, and the NumPy oracle call."""
+
+import numpy as np
+
+import keras_globalpool as kgp
+from keras_globalpool import reference
+
+# name -> constructor arguments of each layer under test; "mixed" appears once
+# per mode because each mode is a different computation.
+LAYER_CASES = {
+    "avg": ("avg", {}),
+    "max": ("max", {}),
+    "mixed": ("mixed", {"mode": "concat"}),
+    "mixed_mean": ("mixed", {"mode": "mean"}),
+    "mixed_learned": ("mixed", {"mode": "learned"}),
+    "attention": ("attention", {"reduction": 2}),
+    "attention_softmax": ("attention", {"reduction": 2, "normalize": "softmax"}),
+    "gem": ("gem", {"p": 3.0}),
+}
+TRAINABLE_WEIGHTS = {
+    "mixed_learned": 1,
+    "attention": 4,
+    "attention_softmax": 4,
+    "gem": 1,
+}
+RANKS = (3, 4, 5)
+DATA_FORMATS = ("channels_last", "channels_first")
+SPATIAL = {3: (6,), 4: (5, 4), 5: (3, 4, 2)}
+
+
+def make_layer(case, **kwargs):
+    """A fresh layer for `case`, with extra constructor arguments."""
+    name, case_kwargs = LAYER_CASES[case]
+    return kgp.get(name, **case_kwargs, **kwargs)
+
+
+def input_shape(rank, data_format, batch=2, channels=4, spatial=None):
+    """The input shape of a map of `rank` in `data_format`."""
+    spatial = SPATIAL[rank] if spatial is None else spatial
+    if data_format == "channels_last":
+        return (batch, *spatial, channels)
+    return (batch, channels, *spatial)
+
+
+def random_input(shape, seed=0, dtype="float64"):
+    """Positive and negative values with no exact ties."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=shape).astype(dtype)
+
+
+def randomize_weights(layer, seed=1):
+    """Moves a built layer's weights off their initial values, so tests see them."""
+    rng = np.random.default_rng(seed)
+    for weight in layer.weights:
+        value = np.asarray(weight.numpy())
+        if weight.name == "gate":
+            new = rng.uniform(0.1, 0.9, size=value.shape)
+        elif weight.name == "p":
+            new = np.asarray(2.5)
+        else:
+            new = rng.normal(scale=0.5, size=value.shape)
+        weight.assign(new.astype(value.dtype))
+
+
+def reference_forward(layer, x, mask=None):
+    """The NumPy oracle's output for `layer`, using the layer's own weights."""
+    common = {
+        "data_format": layer.data_format,
+        "keepdims": layer.keepdims,
+        "mask": mask,
+    }
+    if isinstance(layer, kgp.GlobalAveragePooling):
+        return reference.avg_pool(x, **common)
+    if isinstance(layer, kgp.GlobalMaxPooling):
+        return reference.max_pool(x, **common)
+    if isinstance(layer, kgp.GlobalMixedPooling):
+        gate = layer.gate.numpy() if layer.mode == "learned" else None
+        return reference.mixed_pool(x, mode=layer.mode, gate=gate, **common)
+    if isinstance(layer, kgp.GlobalGeMPooling):
+        p = float(layer.p_weight.numpy())
+        return reference.gem_pool(x, p=p, eps=layer.eps, **common)
+    if isinstance(layer, kgp.GlobalAttentionPooling):
+        pooled, _ = reference.attention_pool(
+            x,
+            layer.hidden_kernel.numpy(),
+            layer.hidden_bias.numpy(),
+            layer.score_kernel.numpy(),
+            layer.score_bias.numpy(),
+            normalize=layer.normalize,
+            **common,
+        )
+        return pooled
+    raise TypeError(f"No reference for {type(layer).__name__}")

@@ -1,0 +1,170 @@
+"""Shapes, configs, the Keras layer harness, the registry and argument errors."""
+
+import keras
+import numpy as np
+import pytest
+from keras.src.testing import TestCase as KerasTestCase
+from layer_cases import (
+    DATA_FORMATS,
+    LAYER_CASES,
+    RANKS,
+    TRAINABLE_WEIGHTS,
+    input_shape,
+    make_layer,
+)
+
+import keras_globalpool as kgp
+
+# Keras's own layer harness is a unittest method; one instance serves every case.
+_HARNESS = KerasTestCase("run_layer_test")
+
+
+def _output_shape(case, shape, data_format, keepdims):
+    channel_axis = len(shape) - 1 if data_format == "channels_last" else 1
+    channels = shape[channel_axis] * (2 if case == "mixed" else 1)
+    if not keepdims:
+        return (shape[0], channels)
+    out = [1] * len(shape)
+    out[0], out[channel_axis] = shape[0], channels
+    return tuple(out)
+
+
+class TestBasic:
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("rank", RANKS)
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_keras_layer_harness(self, case, rank, data_format):
+        name, kwargs = LAYER_CASES[case]
+        shape = input_shape(rank, data_format)
+        _HARNESS.run_layer_test(
+            kgp.POOLINGS[name],
+            init_kwargs={**kwargs, "data_format": data_format},
+            input_shape=shape,
+            expected_output_shape=_output_shape(case, shape, data_format, False),
+            expected_num_trainable_weights=TRAINABLE_WEIGHTS.get(case, 0),
+            expected_num_non_trainable_weights=0,
+            expected_num_losses=0,
+            supports_masking=True,
+        )
+
+    @pytest.mark.parametrize("keepdims", [False, True])
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("rank", RANKS)
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_output_shape(self, case, rank, data_format, keepdims):
+        shape = input_shape(rank, data_format)
+        layer = make_layer(case, data_format=data_format, keepdims=keepdims)
+        expected = _output_shape(case, shape, data_format, keepdims)
+        assert tuple(layer(np.zeros(shape, "float32")).shape) == expected
+        assert layer.compute_output_shape(shape) == expected
+
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_unknown_spatial_size(self, case):
+        inputs = keras.Input((None, None, 6))
+        model = keras.Model(inputs, make_layer(case)(inputs))
+        for size in [(3, 5), (8, 2)]:
+            out = model.predict(np.ones((2, *size, 6), "float32"), verbose=0)
+            assert out.shape == (2, 12 if case == "mixed" else 6)
+
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_config_round_trip(self, case):
+        layer = make_layer(case, data_format="channels_first", keepdims=True, name="p")
+        config = layer.get_config()
+        clone = type(layer).from_config(config)
+        assert clone.get_config() == config
+        assert config["data_format"] == "channels_first"
+        assert config["keepdims"] is True
+        restored = kgp.get(keras.saving.serialize_keras_object(layer))
+        assert type(restored) is type(layer)
+        assert restored.get_config() == config
+
+    def test_data_format_follows_keras_config(self):
+        keras.config.set_image_data_format("channels_first")
+        for name in kgp.POOLINGS:
+            assert kgp.get(name).data_format == "channels_first"
+
+    def test_attention_bottleneck_size(self):
+        layer = kgp.GlobalAttentionPooling(reduction=8)
+        layer(np.zeros((1, 3, 3, 20), "float32"))
+        assert tuple(layer.hidden_kernel.shape) == (20, 2)
+        small = kgp.GlobalAttentionPooling(reduction=8)
+        small(np.zeros((1, 3, 3, 4), "float32"))
+        assert tuple(small.hidden_kernel.shape) == (4, 1)
+
+    def test_trainable_p(self):
+        fixed = kgp.GlobalGeMPooling(trainable_p=False)
+        fixed(np.ones((1, 2, 2, 3), "float32"))
+        assert fixed.trainable_weights == []
+        assert len(fixed.non_trainable_weights) == 1
+
+
+class TestRegistry:
+    @pytest.mark.parametrize("name", ["avg", "max", "mixed", "attention", "gem"])
+    def test_get_by_name(self, name):
+        assert isinstance(kgp.get(name), kgp.POOLINGS[name])
+
+    def test_get_passes_kwargs_and_instances(self):
+        assert kgp.get("mixed", mode="mean").mode == "mean"
+        layer = kgp.GlobalMaxPooling()
+        assert kgp.get(layer) is layer
+
+    @pytest.mark.parametrize("bad", ["sum", "GAP", "", None, 3])
+    def test_get_unknown_lists_names(self, bad):
+        with pytest.raises(
+            ValueError, match="'avg', 'max', 'mixed', 'attention', 'gem'"
+        ):
+            kgp.get(bad)
+
+    def test_custom_objects_cover_every_layer(self):
+        objects = kgp.custom_objects()
+        assert set(objects.values()) >= set(kgp.POOLINGS.values())
+        for name, cls in objects.items():
+            assert keras.saving.get_registered_object(f"keras_globalpool>{name}") is cls
+
+
+class TestErrors:
+    @pytest.mark.parametrize("shape", [(2, 4), (2, 3, 3, 3, 3, 4), (4,)])
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_wrong_rank(self, case, shape):
+        with pytest.raises(ValueError, match=r"rank 3, 4 or 5.*Received: input_shape="):
+            make_layer(case)(np.zeros(shape, "float32"))
+
+    @pytest.mark.parametrize("bad", ["NHWC", "channels_middle", "channels_Last"])
+    @pytest.mark.parametrize("name", ["avg", "max", "mixed", "attention", "gem"])
+    def test_unknown_data_format(self, name, bad):
+        with pytest.raises(ValueError, match=f"Received: data_format='{bad}'"):
+            kgp.get(name, data_format=bad)
+
+    @pytest.mark.parametrize("bad", ["sum", "max", "", None])
+    def test_unknown_mode(self, bad):
+        with pytest.raises(
+            ValueError, match=r"\{'concat', 'mean', 'learned'\}. Received: mode="
+        ):
+            kgp.GlobalMixedPooling(mode=bad)
+
+    @pytest.mark.parametrize("bad", ["relu", "Softmax", None])
+    def test_unknown_normalize(self, bad):
+        with pytest.raises(
+            ValueError, match=r"\{'sigmoid', 'softmax'\}. Received: normalize="
+        ):
+            kgp.GlobalAttentionPooling(normalize=bad)
+
+    @pytest.mark.parametrize("bad", [0, -1.0, -3, float("nan"), "3", None, True])
+    def test_bad_p(self, bad):
+        with pytest.raises(ValueError, match="`p` must be a number > 0. Received: p="):
+            kgp.GlobalGeMPooling(p=bad)
+
+    @pytest.mark.parametrize("bad", [0, -1, 0.5, 2.0, "8", None])
+    def test_bad_reduction(self, bad):
+        with pytest.raises(ValueError, match="integer >= 1. Received: reduction="):
+            kgp.GlobalAttentionPooling(reduction=bad)
+
+    @pytest.mark.parametrize("bad", [0, -1e-3])
+    def test_bad_eps(self, bad):
+        with pytest.raises(ValueError, match="Received: eps="):
+            kgp.GlobalGeMPooling(eps=bad)
+
+    @pytest.mark.parametrize("case", ["attention", "mixed_learned"])
+    def test_unknown_channels_for_weights(self, case):
+        with pytest.raises(ValueError, match="known number of channels"):
+            make_layer(case)(keras.Input((None, None, None)))

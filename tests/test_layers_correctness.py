@@ -1,0 +1,366 @@
+"""Values and gradients against the NumPy reference and Keras's built-ins."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from layer_cases import (
+    DATA_FORMATS,
+    LAYER_CASES,
+    RANKS,
+    input_shape,
+    make_layer,
+    random_input,
+    randomize_weights,
+    reference_forward,
+)
+
+import keras_globalpool as kgp
+from keras_globalpool import reference
+
+BUILTINS = {
+    ("avg", 3): keras.layers.GlobalAveragePooling1D,
+    ("avg", 4): keras.layers.GlobalAveragePooling2D,
+    ("avg", 5): keras.layers.GlobalAveragePooling3D,
+    ("max", 3): keras.layers.GlobalMaxPooling1D,
+    ("max", 4): keras.layers.GlobalMaxPooling2D,
+    ("max", 5): keras.layers.GlobalMaxPooling3D,
+}
+
+
+def _built(case, shape, **kwargs):
+    layer = make_layer(case, dtype="float64", **kwargs)
+    layer.build(shape)
+    randomize_weights(layer)
+    return layer
+
+
+def _steps_mask(batch, steps, seed=3):
+    """A 1D mask with a few valid steps per row, one row fully valid."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, steps + 1, size=batch)
+    lengths[0] = steps
+    return np.arange(steps)[None, :] < lengths[:, None]
+
+
+class TestCorrectness:
+    @pytest.mark.parametrize("keepdims", [False, True])
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("rank", RANKS)
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_matches_reference(self, case, rank, data_format, keepdims):
+        shape = input_shape(rank, data_format, batch=3)
+        layer = _built(case, shape, data_format=data_format, keepdims=keepdims)
+        x = random_input(shape)
+        out = layer(x)
+        assert keras.backend.standardize_dtype(out.dtype) == "float64"
+        np.testing.assert_allclose(
+            out, reference_forward(layer, x), rtol=1e-10, atol=1e-12
+        )
+
+    @pytest.mark.parametrize("keepdims", [False, True])
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("rank", RANKS)
+    @pytest.mark.parametrize("name", ["avg", "max"])
+    def test_matches_keras_builtin(self, name, rank, data_format, keepdims):
+        shape = input_shape(rank, data_format, batch=3)
+        x = random_input(shape, dtype="float32")
+        builtin = BUILTINS[(name, rank)](data_format=data_format, keepdims=keepdims)
+        ours = kgp.get(name, data_format=data_format, keepdims=keepdims)
+        np.testing.assert_allclose(ours(x), builtin(x), rtol=1e-6, atol=1e-6)
+
+    def test_avg_equals_hand_computed_mean(self):
+        x = np.arange(12, dtype="float32").reshape(1, 2, 3, 2)
+        # channel 0 holds 0, 2, ..., 10 and channel 1 holds 1, 3, ..., 11.
+        np.testing.assert_allclose(kgp.GlobalAveragePooling()(x), [[5.0, 6.0]])
+
+    def test_mixed_concat_layout(self):
+        x = random_input((2, 3, 4, 5), dtype="float32")
+        out = np.asarray(kgp.GlobalMixedPooling(data_format="channels_first")(x))
+        np.testing.assert_allclose(out[:, :3], x.mean(axis=(2, 3)), rtol=1e-6)
+        np.testing.assert_allclose(out[:, 3:], x.max(axis=(2, 3)), rtol=1e-6)
+
+
+class TestMasks:
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_mask_matches_reference(self, case, data_format):
+        shape = input_shape(3, data_format, batch=4, spatial=(7,))
+        layer = _built(case, shape, data_format=data_format)
+        x = random_input(shape)
+        mask = _steps_mask(4, 7)
+        np.testing.assert_allclose(
+            layer(x, mask=mask),
+            reference_forward(layer, x, mask),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+
+    @pytest.mark.parametrize("fill", [0.0, 1e30, -1e30, np.inf, np.nan])
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_padded_steps_never_change_the_result(self, case, fill):
+        """Embedding(mask_zero=True): the padding row may hold anything."""
+        tokens = np.array([[3, 1, 2, 0, 0, 0], [1, 1, 1, 1, 2, 3], [2, 0, 0, 0, 0, 0]])
+        inputs = keras.Input((None,), dtype="int32")
+        embedding = keras.layers.Embedding(4, 6, mask_zero=True)
+        model = keras.Model(inputs, make_layer(case)(embedding(inputs)))
+        table = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+        table[0] = fill
+        embedding.embeddings.assign(table)
+        padded = np.asarray(model(tokens))
+        for i, length in enumerate([3, 6, 1]):
+            alone = np.asarray(model(tokens[i : i + 1, :length]))[0]
+            np.testing.assert_allclose(padded[i], alone, rtol=1e-5, atol=1e-6)
+        assert np.all(np.isfinite(padded))
+
+    @pytest.mark.parametrize("dtype", ["float32", "mixed_float16", "mixed_bfloat16"])
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_fully_masked_row_gives_zeros(self, case, dtype):
+        layer = make_layer(case, dtype=dtype)
+        x = np.full((2, 5, 3), 7.0, "float32")
+        mask = np.array([[False] * 5, [True] * 5])
+        with tf.GradientTape() as tape:
+            xt = tf.constant(x)
+            tape.watch(xt)
+            out = layer(xt, mask=mask)
+            loss = tf.reduce_sum(tf.cast(out, "float32"))
+        grads = tape.gradient(loss, [xt, *layer.trainable_weights])
+        np.testing.assert_array_equal(np.asarray(out, "float32")[0], 0.0)
+        assert np.all(np.asarray(out, "float32")[1] != 0.0)
+        for grad in grads:
+            assert np.all(np.isfinite(np.asarray(grad, "float32")))
+
+
+class TestDtypes:
+    @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_large_maps_stay_finite_and_accurate(self, case, policy):
+        """128x128 activations in the hundreds: a 16-bit sum would overflow."""
+        x = np.random.default_rng(0).uniform(100.0, 900.0, size=(2, 128, 128, 8))
+        layer = make_layer(case, dtype=policy)
+        out = layer(x.astype("float32"))
+        compute_dtype = policy.split("_")[1]
+        assert keras.backend.standardize_dtype(out.dtype) == compute_dtype
+        # The layer sees the input rounded to 16 bits; the rest must be exact
+        # up to the final rounding of the output.
+        seen = np.asarray(keras.ops.cast(keras.ops.cast(x, compute_dtype), "float64"))
+        exact_layer = make_layer(case, dtype="float64")
+        exact_layer.build(x.shape)
+        exact_layer.set_weights(layer.get_weights())
+        rtol = 8e-3 if compute_dtype == "bfloat16" else 1e-3
+        np.testing.assert_allclose(
+            np.asarray(out, "float64"), exact_layer(seen), rtol=rtol
+        )
+
+    def test_keras_masked_average_overflow_case(self):
+        """Keras's GlobalAveragePooling1D returns inf here under float16."""
+        x = np.full((1, 300, 2), 500.0, "float32")
+        mask = np.arange(300)[None] < 250
+        out = kgp.GlobalAveragePooling(dtype="mixed_float16")(x, mask=mask)
+        np.testing.assert_allclose(np.asarray(out, "float32"), [[500.0, 500.0]])
+
+    def test_gem_float16_large_values_and_zero_gradient(self):
+        layer = kgp.GlobalGeMPooling(p=3.0, dtype="mixed_float16")
+        out = layer(np.full((1, 4, 4, 2), 50.0, "float32"))
+        np.testing.assert_allclose(np.asarray(out, "float32"), 50.0, rtol=1e-3)
+        zeros = tf.zeros((1, 4, 4, 2))
+        with tf.GradientTape() as tape:
+            tape.watch(zeros)
+            loss = tf.reduce_sum(tf.cast(layer(zeros), "float32"))
+        grads = tape.gradient(loss, [zeros, layer.p_weight.value])
+        for grad in grads:
+            assert np.all(np.isfinite(np.asarray(grad)))
+
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_float64_computes_in_float64(self, case):
+        x = 1.0 + 1e-12 * np.arange(2 * 3 * 3 * 2).reshape(2, 3, 3, 2)
+        layer = _built(case, x.shape)
+        out = layer(x)
+        assert keras.backend.standardize_dtype(out.dtype) == "float64"
+        np.testing.assert_allclose(out, reference_forward(layer, x), rtol=1e-14)
+
+
+class TestLimits:
+    def test_gem_p1_equals_average(self):
+        x = np.abs(random_input((2, 5, 5, 3))) + 0.1
+        gem = kgp.GlobalGeMPooling(p=1.0, dtype="float64")
+        np.testing.assert_allclose(gem(x), x.mean(axis=(1, 2)), rtol=1e-10)
+
+    def test_gem_large_p_approaches_max(self):
+        x = np.abs(random_input((2, 5, 5, 3))) + 0.1
+        gem = kgp.GlobalGeMPooling(p=500.0, dtype="float64")
+        out = np.asarray(gem(x))
+        peak = x.max(axis=(1, 2))
+        assert np.all(out <= peak + 1e-12)
+        np.testing.assert_allclose(out, peak, rtol=0.01)
+
+    @pytest.mark.parametrize(
+        "gate, expected", [(1.0, "mean"), (0.0, "max"), (3.0, "mean")]
+    )
+    def test_learned_gate_endpoints(self, gate, expected):
+        x = random_input((2, 4, 4, 3))
+        layer = kgp.GlobalMixedPooling(mode="learned", dtype="float64")
+        layer.build(x.shape)
+        layer.gate.assign(np.full(3, gate))
+        np.testing.assert_allclose(
+            layer(x), getattr(x, expected)(axis=(1, 2)), rtol=1e-12
+        )
+
+    @pytest.mark.parametrize("normalize", ["sigmoid", "softmax"])
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_attention_is_convex(self, rank, normalize):
+        shape = input_shape(rank, "channels_last", batch=3)
+        layer = _built("attention", shape, normalize=normalize)
+        layer.score_bias.assign([-80.0])  # sigmoids near 1e-35: no underflow to 0/0
+        x = random_input(shape) * 100
+        pooled, scores = layer(x, return_attention_scores=True)
+        axes = tuple(range(1, rank - 1))
+        assert np.all(np.asarray(pooled) >= x.min(axis=axes) - 1e-9)
+        assert np.all(np.asarray(pooled) <= x.max(axis=axes) + 1e-9)
+        assert scores.shape == shape[:-1]
+        np.testing.assert_allclose(np.sum(scores, axis=axes), 1.0, rtol=1e-12)
+
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    def test_attention_scores_match_reference(self, data_format):
+        shape = input_shape(4, data_format)
+        layer = _built("attention", shape, data_format=data_format)
+        x = random_input(shape)
+        _, scores = layer(x, return_attention_scores=True)
+        _, expected = reference.attention_pool(
+            x,
+            *[w.numpy() for w in layer.weights],
+            normalize=layer.normalize,
+            data_format=data_format,
+        )
+        np.testing.assert_allclose(scores, expected, rtol=1e-10)
+
+
+def _gradients(layer, x, dy, mask=None):
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(layer(xt, mask=mask) * dy)
+    weights = [w.value for w in layer.trainable_weights]
+    return tape.gradient(loss, [xt, *weights])
+
+
+class TestGradients:
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize(
+        "rank, masked", [(3, False), (3, True), (4, False), (5, False)]
+    )
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_gradients_match_finite_differences(self, case, rank, masked, data_format):
+        shape = input_shape(rank, data_format)
+        layer = _built(case, shape, data_format=data_format)
+        x = random_input(shape)
+        mask = (
+            _steps_mask(shape[0], x.shape[1 if data_format == "channels_last" else 2])
+            if masked
+            else None
+        )
+        dy = random_input(tuple(layer.compute_output_shape(shape)), seed=9)
+        analytic = _gradients(layer, x, dy, mask)
+        step = 1e-6
+
+        def loss():
+            return float(np.sum(np.asarray(layer(x, mask=mask)) * dy))
+
+        numeric = np.zeros_like(x)
+        for index in np.ndindex(x.shape):
+            saved = x[index]
+            x[index] = saved + step
+            up = loss()
+            x[index] = saved - step
+            down = loss()
+            x[index] = saved
+            numeric[index] = (up - down) / (2 * step)
+        np.testing.assert_allclose(analytic[0], numeric, rtol=1e-5, atol=1e-7)
+        for weight, grad in zip(layer.trainable_weights, analytic[1:], strict=True):
+            value = np.array(weight.numpy())
+            numeric_w = np.zeros_like(value)
+            for index in np.ndindex(value.shape):
+                bumped = value.copy()
+                bumped[index] += step
+                weight.assign(bumped)
+                up = loss()
+                bumped[index] -= 2 * step
+                weight.assign(bumped)
+                down = loss()
+                numeric_w[index] = (up - down) / (2 * step)
+            weight.assign(value)
+            np.testing.assert_allclose(grad, numeric_w, rtol=1e-5, atol=1e-7)
+
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_input_gradient_matches_reference_backward(self, case):
+        shape = input_shape(4, "channels_last")
+        layer = _built(case, shape)
+        x = random_input(shape)
+        dy = random_input(tuple(layer.compute_output_shape(shape)), seed=9)
+        analytic = _gradients(layer, x, dy)
+        np.testing.assert_allclose(
+            analytic[0], reference_backward(layer, x, dy)["x"], rtol=1e-9, atol=1e-12
+        )
+
+    def test_max_ties_share_the_gradient(self):
+        x = np.array([[[1.0], [3.0], [3.0], [2.0]]])
+        grad = _gradients(kgp.GlobalMaxPooling(dtype="float64"), x, np.ones((1, 1)))[0]
+        np.testing.assert_allclose(np.asarray(grad)[0, :, 0], [0.0, 0.5, 0.5, 0.0])
+        np.testing.assert_allclose(
+            reference.max_pool_grad(x, np.ones((1, 1)))["x"], np.asarray(grad)
+        )
+
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_gradient_flows_in_a_model(self, case):
+        inputs = keras.Input((9, 9, 3))
+        features = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+        outputs = keras.layers.Dense(2)(make_layer(case)(features))
+        model = keras.Model(inputs, outputs)
+        x = tf.constant(random_input((4, 9, 9, 3), dtype="float32"))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x)))
+        grads = tape.gradient(loss, model.trainable_variables)
+        assert len(grads) == len(model.trainable_variables)
+        for variable, grad in zip(model.trainable_variables, grads, strict=True):
+            assert np.all(np.isfinite(grad))
+            if case == "attention_softmax" and variable.path.endswith("score_bias"):
+                # softmax is shift-invariant: this bias cannot change the output.
+                np.testing.assert_allclose(grad, 0.0, atol=1e-6)
+            else:
+                assert np.any(np.asarray(grad) != 0), variable.path
+
+
+def reference_backward(layer, x, dy):
+    """The oracle's backward pass for `layer`, using its weights."""
+    common = {"data_format": layer.data_format, "keepdims": layer.keepdims}
+    if isinstance(layer, kgp.GlobalAveragePooling):
+        return reference.avg_pool_grad(x, dy, **common)
+    if isinstance(layer, kgp.GlobalMaxPooling):
+        return reference.max_pool_grad(x, dy, **common)
+    if isinstance(layer, kgp.GlobalMixedPooling):
+        gate = layer.gate.numpy() if layer.mode == "learned" else None
+        return reference.mixed_pool_grad(x, dy, mode=layer.mode, gate=gate, **common)
+    if isinstance(layer, kgp.GlobalGeMPooling):
+        p = float(layer.p_weight.numpy())
+        return reference.gem_pool_grad(x, dy, p=p, eps=layer.eps, **common)
+    return reference.attention_pool_grad(
+        x, dy, *[w.numpy() for w in layer.weights], normalize=layer.normalize, **common
+    )
+
+
+class TestCompiled:
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_jit_compile_fit_and_predict(self, case):
+        inputs = keras.Input((None, None, 4))
+        outputs = keras.layers.Dense(3, activation="softmax")(make_layer(case)(inputs))
+        model = keras.Model(inputs, outputs)
+        model.compile(
+            optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True
+        )
+        x = random_input((8, 6, 6, 4), dtype="float32")
+        y = np.arange(8) % 3
+        history = model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        np.testing.assert_allclose(
+            model.predict(x, verbose=0), model(x), rtol=1e-5, atol=1e-6
+        )

@@ -1,0 +1,497 @@
+"""The NumPy reference on its own: hand-computed values and finite differences.
+
+The layer tests trust `keras_globalpool.reference` as their oracle, so these
+tests check it without Keras.
+"""
+
+import numpy as np
+import pytest
+
+from keras_globalpool import reference
+
+DATA_FORMATS = ("channels_last", "channels_first")
+RANKS = (3, 4, 5)
+SPATIAL = {3: (4,), 4: (3, 2), 5: (2, 2, 2)}
+CHANNELS, UNITS = 3, 2
+
+_rng = np.random.default_rng(5)
+ATTENTION = {
+    "hidden_kernel": _rng.normal(size=(CHANNELS, UNITS)),
+    "hidden_bias": _rng.normal(scale=0.5, size=(UNITS,)),
+    "score_kernel": _rng.normal(size=(UNITS, 1)),
+    "score_bias": _rng.normal(size=(1,)),
+}
+# One gate inside [0, 1], one above and one below: the clip matters.
+GATE = np.array([0.3, 1.4, -0.2])
+
+# name -> (forward, backward, arguments); the array arguments are the ones
+# the backward pass differentiates besides `x`.
+CASES = {
+    "avg": (reference.avg_pool, reference.avg_pool_grad, {}),
+    "max": (reference.max_pool, reference.max_pool_grad, {}),
+    "mixed_concat": (
+        reference.mixed_pool,
+        reference.mixed_pool_grad,
+        {"mode": "concat"},
+    ),
+    "mixed_mean": (reference.mixed_pool, reference.mixed_pool_grad, {"mode": "mean"}),
+    "mixed_learned": (
+        reference.mixed_pool,
+        reference.mixed_pool_grad,
+        {"mode": "learned", "gate": GATE},
+    ),
+    "gem": (reference.gem_pool, reference.gem_pool_grad, {"p": np.float64(2.5)}),
+    "attention_sigmoid": (
+        reference.attention_pool,
+        reference.attention_pool_grad,
+        {**ATTENTION, "normalize": "sigmoid"},
+    ),
+    "attention_softmax": (
+        reference.attention_pool,
+        reference.attention_pool_grad,
+        {**ATTENTION, "normalize": "softmax"},
+    ),
+}
+PARAM_NAMES = {
+    "mixed_learned": {"gate"},
+    "gem": {"p"},
+    "attention_sigmoid": set(ATTENTION),
+    "attention_softmax": set(ATTENTION),
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_silent_overflow():
+    """Any overflow, x/0, 0/0 or inf - inf in the reference fails the test.
+
+    Underflow is allowed: terms far below the largest one may round to zero.
+    """
+    with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
+        yield
+
+
+def forward(case, x, **kwargs):
+    """The pooled output of `case` (without attention weights)."""
+    function, _, params = CASES[case]
+    out = function(x, **{**params, **kwargs})
+    return out[0] if case.startswith("attention") else out
+
+
+def backward(case, x, dy, **kwargs):
+    _, function, params = CASES[case]
+    return function(x, dy, **{**params, **kwargs})
+
+
+def input_shape(rank, data_format, batch=2):
+    if data_format == "channels_last":
+        return (batch, *SPATIAL[rank], CHANNELS)
+    return (batch, CHANNELS, *SPATIAL[rank])
+
+
+def output_shape(case, rank, data_format, keepdims, batch=2):
+    channels = 2 * CHANNELS if case == "mixed_concat" else CHANNELS
+    if not keepdims:
+        return (batch, channels)
+    ones = (1,) * (rank - 2)
+    if data_format == "channels_last":
+        return (batch, *ones, channels)
+    return (batch, channels, *ones)
+
+
+def random_mask(rank, batch=3, seed=2):
+    """Sample 0 fully valid, sample 1 partly, sample 2 fully masked."""
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, *SPATIAL[rank]), dtype=bool)
+    partial = rng.random(SPATIAL[rank]) < 0.5
+    partial.flat[0], partial.flat[-1] = True, False
+    mask[1] = partial
+    mask[2] = False
+    return mask
+
+
+def numeric_grad(loss, value, step=1e-6):
+    """Central finite differences of the scalar `loss(value)`."""
+    value = np.array(value, dtype=np.float64)
+    grad = np.zeros_like(value)
+    for index in np.ndindex(value.shape):
+        up, down = value.copy(), value.copy()
+        up[index] += step
+        down[index] -= step
+        grad[index] = (loss(up) - loss(down)) / (2 * step)
+    return grad
+
+
+class TestForward:
+    X = np.array([[[1.0, -2.0], [3.0, 4.0], [5.0, 0.0]]])
+
+    @pytest.mark.parametrize(
+        "case, kwargs, expected",
+        [
+            ("avg", {}, [3.0, 2.0 / 3.0]),
+            ("max", {}, [5.0, 4.0]),
+            ("mixed", {"mode": "concat"}, [3.0, 2.0 / 3.0, 5.0, 4.0]),
+            ("mixed", {"mode": "mean"}, [4.0, 7.0 / 3.0]),
+            # gate 2.0 is clipped to 1: pure average.
+            ("mixed", {"mode": "learned", "gate": [0.25, 2.0]}, [4.5, 2.0 / 3.0]),
+            ("mixed", {"mode": "learned", "gate": [-1.0, 0.0]}, [5.0, 4.0]),
+            ("avg", {"mask": [[True, True, False]]}, [2.0, 1.0]),
+            ("max", {"mask": [[True, False, True]]}, [5.0, 0.0]),
+        ],
+    )
+    def test_hand_computed_avg_max_mixed(self, case, kwargs, expected):
+        function = getattr(reference, f"{case}_pool")
+        np.testing.assert_allclose(function(self.X, **kwargs), [expected], rtol=1e-15)
+
+    @pytest.mark.parametrize(
+        "x, p, expected",
+        [
+            ([1.0, 7.0], 2.0, 5.0),  # sqrt((1 + 49) / 2)
+            ([2.0, 16.0], 0.5, 4.5 + 2 * np.sqrt(2.0)),  # ((sqrt(2) + 4) / 2) ** 2
+            ([-4.0, 2.0], 1.0, (1e-6 + 2.0) / 2),  # -4 is clamped to eps
+            ([8.0, 8.0, 8.0], 7.0, 8.0),
+        ],
+    )
+    def test_hand_computed_gem(self, x, p, expected):
+        x = np.array(x)[None, :, None]
+        np.testing.assert_allclose(reference.gem_pool(x, p=p), [[expected]], rtol=1e-14)
+
+    @pytest.mark.parametrize(
+        "normalize, weights", [("sigmoid", [0.4, 0.6]), ("softmax", [0.25, 0.75])]
+    )
+    def test_hand_computed_attention(self, normalize, weights):
+        # One channel, identity branch: z = relu(x) = [0, log 3], so
+        # sigmoid(z) = [1/2, 3/4] and exp(z) = [1, 3].
+        x = np.array([[[0.0], [np.log(3.0)]]])
+        pooled, w = reference.attention_pool(
+            x, [[1.0]], [0.0], [[1.0]], [0.0], normalize=normalize
+        )
+        np.testing.assert_allclose(w, [weights], rtol=1e-14)
+        np.testing.assert_allclose(pooled, [[weights[1] * np.log(3.0)]], rtol=1e-14)
+
+    @pytest.mark.parametrize("p", [0.5, 3.0, 7.0])
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_gem_matches_the_plain_formula(self, rank, p):
+        x = np.random.default_rng(0).normal(size=input_shape(rank, "channels_last", 3))
+        mask = random_mask(rank)
+        out = reference.gem_pool(x, p=p, mask=mask)
+        for b in range(3):
+            valid = np.maximum(x[b][mask[b]], 1e-6)  # (n, C)
+            expected = np.mean(valid**p, axis=0) ** (1 / p) if len(valid) else 0.0
+            np.testing.assert_allclose(out[b], expected, rtol=1e-12)
+
+    @pytest.mark.parametrize("normalize", ["sigmoid", "softmax"])
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_attention_matches_a_loop(self, rank, normalize):
+        x = np.random.default_rng(0).normal(size=input_shape(rank, "channels_last", 3))
+        mask = random_mask(rank)
+        pooled, w = reference.attention_pool(
+            x, **ATTENTION, normalize=normalize, mask=mask
+        )
+        for b in range(3):
+            valid = x[b][mask[b]]  # (n, C)
+            scores = []
+            for position in valid:
+                hidden = np.maximum(
+                    position @ ATTENTION["hidden_kernel"] + ATTENTION["hidden_bias"],
+                    0.0,
+                )
+                z = (
+                    hidden @ ATTENTION["score_kernel"][:, 0]
+                    + ATTENTION["score_bias"][0]
+                )
+                scores.append(
+                    1 / (1 + np.exp(-z)) if normalize == "sigmoid" else np.exp(z)
+                )
+            scores = np.array(scores)
+            expected_w = scores / scores.sum() if len(scores) else scores
+            np.testing.assert_allclose(w[b][mask[b]], expected_w, rtol=1e-12)
+            np.testing.assert_array_equal(w[b][~mask[b]], 0.0)
+            np.testing.assert_allclose(
+                pooled[b], expected_w @ valid if len(valid) else 0.0, rtol=1e-12
+            )
+
+    @pytest.mark.parametrize("keepdims", [False, True])
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("rank", RANKS)
+    @pytest.mark.parametrize("case", CASES)
+    def test_output_shape_and_dtype(self, case, rank, data_format, keepdims):
+        x = np.ones(input_shape(rank, data_format), dtype="float32")
+        out = forward(case, x, data_format=data_format, keepdims=keepdims)
+        assert out.shape == output_shape(case, rank, data_format, keepdims)
+        assert out.dtype == np.float64
+        if case.startswith("attention"):
+            function, _, params = CASES[case]
+            _, w = function(x, **params, data_format=data_format, keepdims=keepdims)
+            assert w.shape == (2, *SPATIAL[rank])
+
+    @pytest.mark.parametrize("masked", [False, True])
+    @pytest.mark.parametrize("keepdims", [False, True])
+    @pytest.mark.parametrize("rank", RANKS)
+    @pytest.mark.parametrize("case", CASES)
+    def test_channels_first_is_the_transpose(self, case, rank, keepdims, masked):
+        rng = np.random.default_rng(1)
+        x = rng.normal(size=input_shape(rank, "channels_last", 3))
+        mask = random_mask(rank) if masked else None
+        dy = rng.normal(size=output_shape(case, rank, "channels_last", keepdims, 3))
+        to_first = (lambda a: np.moveaxis(a, -1, 1)) if keepdims else (lambda a: a)
+        common = {"keepdims": keepdims, "mask": mask}
+        last = forward(case, x, **common)
+        first = forward(
+            case, np.moveaxis(x, -1, 1), data_format="channels_first", **common
+        )
+        np.testing.assert_allclose(first, to_first(last), rtol=1e-14)
+        grads_last = backward(case, x, dy, **common)
+        grads_first = backward(
+            case,
+            np.moveaxis(x, -1, 1),
+            to_first(dy),
+            data_format="channels_first",
+            **common,
+        )
+        np.testing.assert_allclose(
+            grads_first.pop("x"), np.moveaxis(grads_last.pop("x"), -1, 1), rtol=1e-13
+        )
+        assert grads_first.keys() == grads_last.keys()
+        for name, grad in grads_last.items():
+            np.testing.assert_allclose(grads_first[name], grad, rtol=1e-12)
+
+    @pytest.mark.parametrize("gate, expected", [(0.0, "max"), (1.0, "avg")])
+    def test_learned_gate_endpoints(self, gate, expected):
+        x = np.random.default_rng(3).normal(size=(2, 5, CHANNELS))
+        out = reference.mixed_pool(x, mode="learned", gate=np.full(CHANNELS, gate))
+        pooled = getattr(reference, f"{expected}_pool")(x)
+        np.testing.assert_allclose(out, pooled, rtol=1e-15)
+
+
+class TestMasks:
+    @pytest.mark.parametrize("fill", [np.nan, np.inf, -np.inf, 1e300])
+    @pytest.mark.parametrize("rank", RANKS)
+    @pytest.mark.parametrize("case", CASES)
+    def test_masked_positions_are_left_out(self, case, rank, fill):
+        # Sample b keeps a box of the map; pooling it with the mask must equal
+        # pooling the box alone, whatever the positions outside it hold.
+        rng = np.random.default_rng(4)
+        x = rng.normal(size=input_shape(rank, "channels_last"))
+        boxes = [SPATIAL[rank], tuple(max(s - 1, 1) for s in SPATIAL[rank])]
+        mask = np.zeros((2, *SPATIAL[rank]), dtype=bool)
+        for b, box in enumerate(boxes):
+            mask[(b, *(slice(0, s) for s in box))] = True
+        x[~mask] = fill
+        dy = rng.normal(size=output_shape(case, rank, "channels_last", False))
+        out = forward(case, x, mask=mask)
+        grads = backward(case, x, dy, mask=mask)
+        params = {name: 0.0 for name in grads if name != "x"}
+        for b, box in enumerate(boxes):
+            inside = (slice(b, b + 1), *(slice(0, s) for s in box))
+            alone = x[inside]
+            np.testing.assert_allclose(out[b : b + 1], forward(case, alone), rtol=1e-13)
+            alone_grads = backward(case, alone, dy[b : b + 1])
+            np.testing.assert_allclose(
+                grads["x"][inside], alone_grads.pop("x"), rtol=1e-12
+            )
+            for name, grad in alone_grads.items():
+                params[name] = params[name] + grad
+        assert np.all(grads["x"][~mask] == 0.0)
+        for name, total in params.items():
+            np.testing.assert_allclose(grads[name], total, rtol=1e-10, atol=1e-14)
+
+    @pytest.mark.parametrize("keepdims", [False, True])
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("case", CASES)
+    def test_fully_masked_sample_gives_zeros(self, case, data_format, keepdims):
+        shape = input_shape(4, data_format)
+        x = np.random.default_rng(5).normal(size=shape) + 10.0
+        mask = np.ones((2, *SPATIAL[4]), dtype=bool)
+        mask[1] = False
+        x[1] = np.nan
+        common = {"data_format": data_format, "keepdims": keepdims, "mask": mask}
+        out = forward(case, x, **common)
+        assert np.all(out[1] == 0.0)
+        assert np.all(np.abs(out[0]) > 0.0)
+        dy = np.zeros(output_shape(case, 4, data_format, keepdims))
+        dy[1] = 1.0
+        for name, grad in backward(case, x, dy, **common).items():
+            np.testing.assert_array_equal(grad, 0.0, err_msg=name)
+        if case.startswith("attention"):
+            function, _, params = CASES[case]
+            _, w = function(x, **params, **common)
+            assert np.all(w[1] == 0.0)
+
+
+class TestGradients:
+    @pytest.mark.parametrize("masked", [False, True])
+    @pytest.mark.parametrize("keepdims", [False, True])
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("rank", RANKS)
+    @pytest.mark.parametrize("case", CASES)
+    def test_matches_finite_differences(
+        self, case, rank, data_format, keepdims, masked
+    ):
+        rng = np.random.default_rng(6)
+        x = rng.normal(size=input_shape(rank, data_format, 3))
+        dy = rng.normal(size=output_shape(case, rank, data_format, keepdims, 3))
+        common = {
+            "data_format": data_format,
+            "keepdims": keepdims,
+            "mask": random_mask(rank) if masked else None,
+        }
+        grads = backward(case, x, dy, **common)
+        assert grads.keys() == {"x"} | PARAM_NAMES.get(case, set())
+        numeric = numeric_grad(lambda v: np.sum(forward(case, v, **common) * dy), x)
+        np.testing.assert_allclose(grads["x"], numeric, rtol=1e-6, atol=1e-8)
+        assert np.any(grads["x"] != 0.0)
+        params = CASES[case][2]
+        for name in PARAM_NAMES.get(case, ()):
+
+            def loss(value, name=name):
+                return np.sum(forward(case, x, **common, **{name: value}) * dy)
+
+            numeric = numeric_grad(loss, params[name])
+            assert np.shape(grads[name]) == np.shape(params[name])
+            np.testing.assert_allclose(
+                grads[name], numeric, rtol=1e-6, atol=1e-8, err_msg=name
+            )
+
+    def test_learned_gate_outside_range_gets_no_gradient(self):
+        x = np.random.default_rng(7).normal(size=(2, 5, CHANNELS))
+        grads = reference.mixed_pool_grad(
+            x, np.ones((2, CHANNELS)), mode="learned", gate=GATE
+        )
+        avg, peak = reference.avg_pool(x), reference.max_pool(x)
+        np.testing.assert_allclose(grads["gate"][0], np.sum(avg - peak, axis=0)[0])
+        np.testing.assert_array_equal(grads["gate"][1:], 0.0)
+
+    def test_gem_clamped_inputs_get_no_gradient(self):
+        x = np.array([[[-1.0], [0.5e-6], [2.0], [3.0]]])
+        dx = reference.gem_pool_grad(x, np.ones((1, 1)), p=3.0)["x"][0, :, 0]
+        np.testing.assert_array_equal(dx[:2], 0.0)
+        assert np.all(dx[2:] > 0.0)
+
+    @pytest.mark.parametrize("normalize", ["sigmoid", "softmax"])
+    def test_relu_at_zero_passes_no_gradient(self, normalize):
+        # The hidden pre-activation x[0] - 1 is exactly 0 at both positions,
+        # while x[1] differs, so the weights do get a nonzero gradient.
+        x = np.array([[[1.0, 0.0], [1.0, 5.0]]])
+        grads = reference.attention_pool_grad(
+            x, np.ones((1, 2)), [[1.0], [0.0]], [-1.0], [[1.0]], [0.0], normalize
+        )
+        np.testing.assert_array_equal(grads["hidden_kernel"], 0.0)
+        np.testing.assert_array_equal(grads["hidden_bias"], 0.0)
+        # Uniform weights 1/2, and the branch passes nothing back to x.
+        np.testing.assert_allclose(grads["x"], 0.5, rtol=1e-15)
+        assert grads["score_kernel"][0, 0] == 0.0  # relu(0) = 0 feeds it
+
+
+class TestMaxTies:
+    @pytest.mark.parametrize(
+        "values, mask, expected",
+        [
+            ([1.0, 3.0, 3.0, 2.0], None, [0.0, 0.5, 0.5, 0.0]),
+            ([5.0, 5.0, 5.0, 1.0], None, [1 / 3, 1 / 3, 1 / 3, 0.0]),
+            ([4.0, 4.0, 4.0, 1.0], [True, False, True, True], [0.5, 0.0, 0.5, 0.0]),
+            ([2.0, 1.0, 2.0, 9.0], [True, True, True, False], [0.5, 0.0, 0.5, 0.0]),
+        ],
+    )
+    def test_ties_share_the_gradient_equally(self, values, mask, expected):
+        x = np.array(values)[None, :, None]
+        mask = None if mask is None else np.array([mask])
+        dx = reference.max_pool_grad(x, np.full((1, 1), 6.0), mask=mask)["x"]
+        np.testing.assert_allclose(dx[0, :, 0], 6.0 * np.array(expected), rtol=1e-15)
+
+    def test_ties_are_counted_per_channel(self):
+        x = np.array([[[1.0, 7.0], [1.0, 0.0], [1.0, 7.0]]])
+        dx = reference.max_pool_grad(x, np.ones((1, 2)))["x"][0]
+        np.testing.assert_allclose(dx, [[1 / 3, 0.5], [1 / 3, 0.0], [1 / 3, 0.5]])
+
+    def test_mixed_concat_adds_avg_and_tied_max(self):
+        x = np.array([[[3.0], [3.0], [1.0], [0.0]]])
+        dx = reference.mixed_pool_grad(x, np.array([[4.0, 2.0]]))["x"][0, :, 0]
+        np.testing.assert_allclose(dx, [1.0 + 1.0, 1.0 + 1.0, 1.0, 1.0])
+
+
+class TestLimits:
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_gem_with_p_one_is_average(self, rank):
+        rng = np.random.default_rng(8)
+        x = rng.uniform(0.1, 2.0, size=input_shape(rank, "channels_last", 3))
+        mask = random_mask(rank)
+        dy = rng.normal(size=(3, CHANNELS))
+        np.testing.assert_allclose(
+            reference.gem_pool(x, p=1.0, mask=mask),
+            reference.avg_pool(x, mask=mask),
+            rtol=1e-14,
+        )
+        np.testing.assert_allclose(
+            reference.gem_pool_grad(x, dy, p=1.0, mask=mask)["x"],
+            reference.avg_pool_grad(x, dy, mask=mask)["x"],
+            rtol=1e-12,
+        )
+
+    @pytest.mark.parametrize("p", [200.0, 1000.0])
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_gem_with_large_p_approaches_max_without_overflow(self, rank, p):
+        # 1e3 ** 200 overflows float64: a plain implementation fails here.
+        rng = np.random.default_rng(9)
+        x = rng.uniform(1.0, 1e3, size=input_shape(rank, "channels_last"))
+        n = np.prod(SPATIAL[rank])
+        out = reference.gem_pool(x, p=p)
+        peak = reference.max_pool(x)
+        assert np.all(out <= peak * (1 + 1e-12))
+        assert np.all(out >= peak * n ** (-1 / p) * (1 - 1e-12))
+        np.testing.assert_allclose(out, peak, rtol=np.log(n) / p)
+        grads = reference.gem_pool_grad(x, np.ones_like(out), p=p)
+        assert np.all(np.isfinite(grads["x"])) and np.isfinite(grads["p"])
+        # GeM is homogeneous of degree 1 (all x > eps): sum(x * dy/dx) = y.
+        axes = tuple(range(1, rank - 1))
+        np.testing.assert_allclose(np.sum(x * grads["x"], axis=axes), out, rtol=1e-10)
+        winners = x == x.max(axis=axes, keepdims=True)
+        assert np.all(grads["x"][winners] > 0.3)
+
+    @pytest.mark.parametrize("score_bias", [-1000.0, 0.0, 1000.0])
+    @pytest.mark.parametrize("normalize", ["sigmoid", "softmax"])
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_attention_is_a_convex_combination(self, rank, normalize, score_bias):
+        rng = np.random.default_rng(10)
+        x = 100 * rng.normal(size=input_shape(rank, "channels_last", 3))
+        mask = random_mask(rank)[:2]
+        x = x[:2]
+        weights = {**ATTENTION, "score_bias": np.array([score_bias])}
+        pooled, w = reference.attention_pool(
+            x, **weights, normalize=normalize, mask=mask
+        )
+        for b in range(2):
+            valid = x[b][mask[b]]
+            assert np.all(pooled[b] >= valid.min(axis=0) - 1e-9)
+            assert np.all(pooled[b] <= valid.max(axis=0) + 1e-9)
+        np.testing.assert_allclose(w.sum(axis=tuple(range(1, rank - 1))), 1.0)
+        assert np.all(w[~mask] == 0.0)
+        assert np.all(w[mask] >= 0.0)
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        "function, kwargs, match",
+        [
+            (reference.avg_pool, {"data_format": "channels_middle"}, "data_format="),
+            (reference.mixed_pool, {"mode": "sum"}, "mode='sum'"),
+            (reference.mixed_pool, {"mode": "learned"}, "gate=None"),
+            (reference.mixed_pool, {"mode": "learned", "gate": [0.5]}, "gate.shape="),
+            (reference.max_pool, {"mask": np.ones((2, 3), bool)}, "mask.shape="),
+            (
+                reference.attention_pool,
+                {**ATTENTION, "normalize": "relu"},
+                "normalize='relu'",
+            ),
+        ],
+    )
+    def test_bad_arguments(self, function, kwargs, match):
+        with pytest.raises(ValueError, match=f"Received: {match}"):
+            function(np.ones((2, 4, CHANNELS)), **kwargs)
+
+    def test_bad_rank(self):
+        with pytest.raises(ValueError, match="Received: x.shape="):
+            reference.avg_pool(np.ones((2, 3)))
+
+    def test_bad_dy_shape(self):
+        with pytest.raises(ValueError, match="Received: dy.shape="):
+            reference.avg_pool_grad(np.ones((2, 4, 3)), np.ones((2, 1, 3)))

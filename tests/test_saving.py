@@ -1,0 +1,92 @@
+"""A model using every layer saves to .keras and loads in a fresh process."""
+
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_globalpool as kgp
+
+LOADER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import keras
+    import keras_globalpool as kgp
+
+    path, x_path, out_path, how = sys.argv[1:]
+    if how == "import":
+        model = keras.models.load_model(path, safe_mode=True)
+    else:
+        model = keras.models.load_model(
+            path, custom_objects=kgp.custom_objects(), safe_mode=True
+        )
+    np.save(out_path, model.predict(np.load(x_path), verbose=0))
+    """
+)
+
+
+def _all_layers_model():
+    inputs = keras.Input((None, None, 6))
+    features = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    pooled = [
+        kgp.GlobalAveragePooling(name="avg")(features),
+        kgp.GlobalMaxPooling(name="max")(features),
+        kgp.GlobalMixedPooling(mode="learned", name="mixed")(features),
+        kgp.GlobalAttentionPooling(reduction=2, normalize="softmax", name="att")(
+            features
+        ),
+        kgp.GlobalGeMPooling(p=2.5, name="gem")(features),
+    ]
+    outputs = keras.layers.Dense(3, activation="softmax")(
+        keras.layers.Concatenate()(pooled)
+    )
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("how", ["import", "custom_objects"])
+def test_fresh_process_load_gives_same_predictions(tmp_path, how):
+    model = _all_layers_model()
+    x = np.random.default_rng(0).uniform(0, 1, (4, 10, 10, 6)).astype("float32")
+    y = np.array([0, 1, 2, 0])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, verbose=0)  # move the weights off their initial values
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out.npy"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOADER,
+            str(path),
+            str(tmp_path / "x.npy"),
+            str(out),
+            how,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(np.load(out), model.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_sequential_round_trip(tmp_path):
+    model = keras.Sequential(
+        [
+            keras.Input((12, 5)),
+            kgp.GlobalGeMPooling(),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.get_layer(index=0).p_weight.assign(4.0)
+    path = tmp_path / "seq.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert float(loaded.layers[0].p_weight.numpy()) == 4.0
+    x = np.random.default_rng(1).uniform(size=(3, 12, 5)).astype("float32")
+    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
