@@ -1,13 +1,15 @@
-"""Global pooling as a full-window pooling op, where that is measurably faster.
+"""Global average pooling as one full-window average pool, where that is faster.
 
-On the TensorFlow backend in graph mode, `average_pool`/`max_pool` with a
-window covering the whole map run on oneDNN kernels that reach about twice
-the throughput of `reduce_mean`/`reduce_max` (see `benchmarks/`), and under
-XLA they compile to the same code as a reduction. They are still plain
-`keras.ops`, so a SavedModel that uses them needs neither XLA nor our
-classes. The path applies only where it was measured: TensorFlow, 2D
-`channels_last` maps of static spatial size, no mask. Everywhere else the
-layers use the reductions in `keras_globalpool.ops`.
+On the TensorFlow backend in graph mode, `average_pool` with a window
+covering the whole map runs on a oneDNN kernel with about twice the
+throughput of `reduce_mean` (see `benchmarks/`), and under XLA it compiles to
+the same code as the reduction. It is still a plain `keras.ops` call, so a
+SavedModel that uses it needs neither XLA nor our classes. The path applies
+only where it was measured: TensorFlow, 2D `channels_last` maps of static
+spatial size, no mask. Everywhere else the layers use `ops.mean`.
+
+Max pooling has no such path: the full-window `max_pool` kernel skips NaNs,
+where `reduce_max` (and NumPy) propagate them.
 
 Example:
 
@@ -59,34 +61,3 @@ def window_avg_pool(x, window, axes, keepdims=False):
     """
     pooled = ops.average_pool(x, window, strides=1, padding="valid")
     return _finish(pooled, axes, keepdims)
-
-
-def window_max_pool(x, window, axes, keepdims=False):
-    """The maximum of a channels_last `x` over `axes`, as one max pool.
-
-    The gradient is split equally among tied maxima, as `reduce_max`'s is
-    (a bare max pool sends it all to one of them), so both paths agree.
-
-    Args:
-        x: the tensor to be pooled.
-        window: tuple of int, from `pooling_window`.
-        axes: tuple of int. The spatial axes.
-        keepdims: bool. Keep the reduced axes with size 1.
-
-    Returns:
-        The pooled tensor.
-    """
-
-    @ops.custom_gradient
-    def pool(inputs):
-        peak = ops.max_pool(inputs, window, strides=1, padding="valid")
-
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            ties = ops.cast(ops.equal(inputs, peak), inputs.dtype)
-            return upstream * ties / ops.sum(ties, axis=axes, keepdims=True)
-
-        return peak, grad
-
-    return _finish(pool(x), axes, keepdims)

@@ -87,9 +87,6 @@ def global_max_pool(x, axes, mask=None, keepdims=False):
         The pooled tensor.
     """
     if mask is None:
-        window = fast_paths.pooling_window(x, axes)
-        if window is not None:
-            return fast_paths.window_max_pool(x, window, axes, keepdims)
         return ops.max(x, axis=axes, keepdims=keepdims)
     x = ops.where(mask, x, float("-inf"))
     pooled = ops.max(x, axis=axes, keepdims=keepdims)
