@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_globalpool.builders.frozen_batch_norm import FrozenBatchNormalization
+from keras_globalpool.builders.preprocessing import BackbonePreprocessing
 from keras_globalpool.layers import (
     GlobalAttentionPooling,
     GlobalAveragePooling,
@@ -18,6 +20,9 @@ POOLINGS = {
     "gem": GlobalGeMPooling,
 }
 
+# Layers the builders put into models, which loading them needs as well.
+BUILDER_LAYERS = (FrozenBatchNormalization, BackbonePreprocessing)
+
 
 def custom_objects():
     """Every public layer by class name, for `keras.models.load_model`.
@@ -27,10 +32,10 @@ def custom_objects():
 
     Example:
 
-    >>> sorted(kgp.custom_objects())[0]
-    'GlobalAttentionPooling'
+    >>> sorted(kgp.custom_objects())[:2]
+    ['BackbonePreprocessing', 'FrozenBatchNormalization']
     """
-    return {cls.__name__: cls for cls in POOLINGS.values()}
+    return {cls.__name__: cls for cls in (*POOLINGS.values(), *BUILDER_LAYERS)}
 
 
 def get(identifier, **kwargs):

@@ -1,0 +1,119 @@
+"""`build_classifier`: a pretrained backbone with a global-pooling head."""
+
+import keras
+
+from keras_globalpool.builders.backbones import prepare_backbone, resolve_backbone
+from keras_globalpool.builders.head import (
+    check_head_arguments,
+    classification_head,
+    make_pooler,
+)
+
+
+def build_classifier(
+    backbone,
+    num_classes,
+    *,
+    input_shape=(224, 224, 3),
+    pooling="avg",
+    weights="imagenet",
+    freeze_backbone=True,
+    freeze_batch_norm=True,
+    dropout=0.2,
+    hidden_units=(),
+    activation="softmax",
+    hidden_activation="relu",
+    hidden_dropout=0.0,
+    preprocessing=None,
+    name="classifier",
+):
+    """Builds an image classifier: a backbone, a global pooling and a head.
+
+    The transfer-learning model of the design notes in one call. The model
+    takes raw images (0-255, float or uint8) and runs the layers
+    `preprocessing` (the backbone's own `preprocess_input`, as a
+    serializable layer), `backbone` (a sub-model), `pooler`, `dropout`,
+    the optional `hidden_1`, `hidden_dropout_1`, ... and `predictions`.
+
+    The backbone's BatchNorm layers always run in inference mode, so their
+    ImageNet statistics survive fine-tuning even after
+    `model.get_layer("backbone").trainable = True`. `predictions` computes in
+    float32, so under a `mixed_float16` or `mixed_bfloat16` policy the model
+    still outputs float32. Build the model inside a `tf.distribute`
+    strategy scope to train it on several devices.
+
+    Args:
+        backbone: string or `keras.Model`. A `keras.applications` model name
+            such as `"ResNet50"`, `"EfficientNetV2B0"` or `"DenseNet121"`
+            (see `kgp.BACKBONES`), built without its top; or a Functional or
+            Sequential model that outputs a feature map.
+        num_classes: int >= 1. The number of classes.
+        input_shape: tuple of 3 ints. The image shape without the batch
+            axis, at least the backbone's minimum size (32, or 71 for
+            Xception and 75 for Inception). Defaults to `(224, 224, 3)`.
+        pooling: a `kgp.get` identifier (`"avg"`, `"max"`, `"mixed"`,
+            `"attention"`, `"gem"`, a serialized layer dict or a layer used
+            as a template), or `"flatten"` for the classic Flatten + Dense
+            baseline. Defaults to `"avg"`.
+        weights: `None` (random), `"imagenet"`, or the path of a weights file
+            for the `keras.applications` model without its top. Ignored when
+            `backbone` is a model. Defaults to `"imagenet"`.
+        freeze_backbone: bool. Freeze the backbone so only the head trains.
+            Defaults to `True`.
+        freeze_batch_norm: bool. Keep every backbone BatchNorm in inference
+            mode, its moving statistics fixed even after unfreezing, as
+            fine-tuning a pretrained backbone needs. Set it to `False` to
+            train a backbone from scratch. Defaults to `True`.
+        dropout: float in [0, 1). The rate of the `dropout` layer after the
+            pooler. Defaults to `0.2`.
+        hidden_units: sequence of ints. The sizes of optional hidden Dense
+            layers between the pooler and `predictions`. Defaults to `()`.
+        activation: the activation of `predictions`: `"softmax"`,
+            `"sigmoid"` for multi-label, or `None` for logits. Defaults to
+            `"softmax"`.
+        hidden_activation: the activation of the hidden layers. Defaults to
+            `"relu"`.
+        hidden_dropout: float in [0, 1). The dropout rate after each hidden
+            layer. Defaults to `0.0`.
+        preprocessing: optional string, a `kgp.BackbonePreprocessing` mode
+            (`"caffe"`, `"tf"`, `"torch"` or `"none"`). Defaults to the
+            backbone's own mode, or `"none"` for a model.
+        name: string. The model's name. Defaults to `"classifier"`.
+
+    Returns:
+        A `keras.Model` from images to class probabilities, not compiled.
+
+    Example:
+
+    >>> model = kgp.build_classifier(
+    ...     "MobileNetV2", 5, input_shape=(96, 96, 3), weights=None)
+    >>> model.predict(np.zeros((2, 96, 96, 3)), verbose=0).shape
+    (2, 5)
+    >>> model.get_layer("backbone").trainable
+    False
+    """
+    check_head_arguments(num_classes, dropout, hidden_units, hidden_dropout)
+
+    # === Layers ===
+    pooler = make_pooler(pooling, name="pooler")
+    base, spec = resolve_backbone(backbone, input_shape, weights)
+    preprocess, backbone_model = prepare_backbone(
+        base,
+        preprocessing or spec.preprocessing,
+        freeze_backbone,
+        freeze_batch_norm=freeze_batch_norm,
+    )
+
+    # === Functional Model ===
+    images = keras.Input(input_shape, name="images")
+    pooled = pooler(backbone_model(preprocess(images)))
+    outputs = classification_head(
+        pooled,
+        num_classes,
+        dropout=dropout,
+        hidden_units=hidden_units,
+        hidden_activation=hidden_activation,
+        hidden_dropout=hidden_dropout,
+        activation=activation,
+    )
+    return keras.Model(images, outputs, name=name)

@@ -1,0 +1,76 @@
+"""`build_feature_extractor`: image embeddings for retrieval."""
+
+import keras
+
+from keras_globalpool.builders.backbones import prepare_backbone, resolve_backbone
+from keras_globalpool.builders.head import make_pooler
+
+
+def build_feature_extractor(
+    backbone,
+    *,
+    input_shape=(224, 224, 3),
+    pooling="gem",
+    weights="imagenet",
+    normalize=True,
+    freeze_backbone=True,
+    freeze_batch_norm=True,
+    preprocessing=None,
+    name="feature_extractor",
+):
+    """Builds an embedding model: a backbone and a global pooling.
+
+    For image retrieval, the standard recipe is GeM pooling on a pretrained
+    backbone with L2-normalized outputs, so the dot product of two
+    embeddings is their cosine similarity. The model runs the layers
+    `preprocessing`, `backbone` and `pooler`, then `embeddings`: a
+    `keras.layers.UnitNormalization` when `normalize`, else an identity.
+    `embeddings` computes in float32, so the output stays float32 under
+    mixed precision.
+
+    Args:
+        backbone: string or `keras.Model`. A `keras.applications` model name
+            (see `kgp.BACKBONES`) or a Functional or Sequential model.
+        input_shape: tuple of 3 ints. Defaults to `(224, 224, 3)`.
+        pooling: a `kgp.get` identifier or `"flatten"`. Defaults to `"gem"`.
+        weights: `None`, `"imagenet"` or the path of a weights file. Defaults
+            to `"imagenet"`.
+        normalize: bool. L2-normalize the embeddings. Defaults to `True`.
+        freeze_backbone: bool. Defaults to `True`.
+        freeze_batch_norm: bool. Keep every backbone BatchNorm in inference
+            mode, its moving statistics fixed even after unfreezing, as
+            fine-tuning a pretrained backbone needs. Set it to `False` to
+            train a backbone from scratch. Defaults to `True`.
+        preprocessing: optional string, a `kgp.BackbonePreprocessing` mode.
+            Defaults to the backbone's own.
+        name: string. Defaults to `"feature_extractor"`.
+
+    Returns:
+        A `keras.Model` from images to embeddings of shape
+        `(batch, channels)` (twice the channels for `"mixed"` pooling).
+
+    Example:
+
+    >>> model = kgp.build_feature_extractor(
+    ...     "MobileNetV2", input_shape=(64, 64, 3), weights=None)
+    >>> model.predict(np.zeros((2, 64, 64, 3)), verbose=0).shape
+    (2, 1280)
+    """
+    # === Layers ===
+    pooler = make_pooler(pooling, name="pooler")
+    base, spec = resolve_backbone(backbone, input_shape, weights)
+    preprocess, backbone_model = prepare_backbone(
+        base,
+        preprocessing or spec.preprocessing,
+        freeze_backbone,
+        freeze_batch_norm=freeze_batch_norm,
+    )
+    normalization = (
+        keras.layers.UnitNormalization if normalize else keras.layers.Identity
+    )
+    embeddings = normalization(dtype="float32", name="embeddings")
+
+    # === Functional Model ===
+    images = keras.Input(input_shape, name="images")
+    outputs = embeddings(pooler(backbone_model(preprocess(images))))
+    return keras.Model(images, outputs, name=name)

@@ -1,0 +1,100 @@
+"""The pieces every builder shares: the pooler and the classification head."""
+
+import numbers
+
+import keras
+
+from keras_globalpool.registry import POOLINGS, get
+
+# The classic baseline the pooling heads replace, by name, next to the poolings.
+POOLING_CHOICES = {**POOLINGS, "flatten": keras.layers.Flatten}
+
+
+def make_pooler(pooling, name):
+    """Returns a new pooling layer called `name`.
+
+    Args:
+        pooling: a name in `POOLING_CHOICES` (any `kgp.get` name, or
+            `"flatten"`), a serialized layer dict, or a layer instance. A dict
+            or an instance is a template: the layer returned is a fresh copy
+            made from its config, so one template can pool several stages.
+        name: string. The new layer's name.
+
+    Returns:
+        A `keras.layers.Layer`.
+    """
+    if isinstance(pooling, (dict, keras.layers.Layer)):
+        template = get(pooling)
+    elif isinstance(pooling, str) and pooling in POOLING_CHOICES:
+        template = POOLING_CHOICES[pooling]()
+    else:
+        names = ", ".join(repr(name) for name in POOLING_CHOICES)
+        raise ValueError(
+            f"`pooling` must be one of {{{names}}}, a serialized layer dict or "
+            f"a layer instance. Received: pooling={pooling!r}"
+        )
+    return type(template).from_config({**template.get_config(), "name": name})
+
+
+def is_positive_int(value):
+    """Whether `value` is an integer >= 1 (`True` is not)."""
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and value >= 1
+    )
+
+
+def _check_rate(name, value):
+    if not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(
+            f"`{name}` must be a number in [0, 1). Received: {name}={value!r}"
+        )
+
+
+def check_head_arguments(num_classes, dropout, hidden_units, hidden_dropout):
+    """Raises a Keras-style `ValueError` for a bad classification-head argument."""
+    if not is_positive_int(num_classes):
+        raise ValueError(
+            "`num_classes` must be an integer >= 1. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    _check_rate("dropout", dropout)
+    _check_rate("hidden_dropout", hidden_dropout)
+    if not isinstance(hidden_units, (list, tuple)) or not all(
+        is_positive_int(units) for units in hidden_units
+    ):
+        raise ValueError(
+            "`hidden_units` must be a sequence of integers >= 1. "
+            f"Received: hidden_units={hidden_units!r}"
+        )
+
+
+def classification_head(
+    pooled,
+    num_classes,
+    *,
+    dropout,
+    hidden_units,
+    hidden_activation,
+    hidden_dropout,
+    activation,
+):
+    """Applies `dropout`, the hidden Dense layers and `predictions` to `pooled`.
+
+    The hidden layers are `hidden_1`, `hidden_2`, ... each followed by the
+    dropout layer `hidden_dropout_1`, ... . `predictions` computes in float32,
+    so a mixed-precision model still outputs float32 probabilities.
+
+    Returns:
+        The output tensor.
+    """
+    x = keras.layers.Dropout(dropout, name="dropout")(pooled)
+    for index, units in enumerate(hidden_units, start=1):
+        x = keras.layers.Dense(
+            units, activation=hidden_activation, name=f"hidden_{index}"
+        )(x)
+        x = keras.layers.Dropout(hidden_dropout, name=f"hidden_dropout_{index}")(x)
+    return keras.layers.Dense(
+        num_classes, activation=activation, dtype="float32", name="predictions"
+    )(x)

@@ -1,0 +1,1 @@
+"""The `keras-globalpool` command line: `compare` heads, `export` models."""

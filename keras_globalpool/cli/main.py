@@ -1,0 +1,208 @@
+"""The `keras-globalpool` command line: `compare`, `export` and `explain`."""
+
+import argparse
+import sys
+
+import tensorflow as tf
+from rich.console import Console
+
+from keras_globalpool.cli.backbones import SMALL_CNN
+from keras_globalpool.cli.compare import HEADS, CompareSettings, run_compare
+from keras_globalpool.cli.export_command import export_keras_file
+from keras_globalpool.cli.report import console_table, summary
+from keras_globalpool.data.sources import DATASETS
+from keras_globalpool.viz.explain import add_explain_parser
+
+# `--quick`: a smoke test of the whole pipeline in well under a minute.
+QUICK = {"epochs": 2, "seeds": 1, "max_samples": 500}
+# Exit codes: bad arguments as argparse uses, Ctrl-C as shells report it.
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _heads(text):
+    return [head for head in text.split(",") if head]
+
+
+def _add_compare(commands):
+    parser = commands.add_parser(
+        "compare",
+        help="train one backbone once per head and compare the heads",
+        description=(
+            "Train the same backbone once per pooling head, measure accuracy "
+            "(mean ± std over seeds), parameters, training time, peak memory "
+            "and latency, write a report folder and export every model."
+        ),
+    )
+    parser.add_argument(
+        "--data",
+        default="translated-digits",
+        help=f"one of {', '.join(DATASETS)}, a folder of class subfolders, or a "
+        ".npz file with arrays x and y (default: translated-digits)",
+    )
+    parser.add_argument(
+        "--image-size", type=_positive_int, help="resize images to this square size"
+    )
+    parser.add_argument(
+        "--backbone",
+        default=SMALL_CNN,
+        help=f"{SMALL_CNN} (default, trained from scratch) or a keras.applications "
+        "name such as ResNet50 or MobileNetV2",
+    )
+    parser.add_argument(
+        "--weights",
+        help="for a keras.applications backbone: imagenet (default), none, or a "
+        "weights file; with weights the backbone is frozen and the heads train "
+        "on cached features",
+    )
+    parser.add_argument(
+        "--heads",
+        type=_heads,
+        action="extend",
+        help=f"comma-separated heads (default: all of {','.join(HEADS)})",
+    )
+    parser.add_argument(
+        "--epochs", type=_positive_int, help=f"default {CompareSettings.epochs}"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_positive_int,
+        help=f"trainings per head, for mean ± std (default {CompareSettings.seeds})",
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--max-samples", type=_positive_int, help="keep at most this many images"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: {epochs} epochs, {seeds} seed, at most {max_samples} "
+        "images, unless given explicitly".format(**QUICK),
+    )
+    parser.add_argument("--run-name", help="names the folders (default: a timestamp)")
+    parser.add_argument(
+        "--report-dir", default="reports", help="reports go to REPORT_DIR/RUN_NAME"
+    )
+    parser.add_argument(
+        "--saved-models",
+        default="saved_models",
+        help="models go to SAVED_MODELS/RUN_NAME/HEAD/ (default: saved_models)",
+    )
+    parser.add_argument(
+        "--no-export", action="store_true", help="skip saving and exporting models"
+    )
+    parser.set_defaults(handler=_compare)
+
+
+def _add_export(commands):
+    parser = commands.add_parser(
+        "export",
+        help="convert a .keras model to a TF Serving SavedModel",
+        description="Write MODEL (a .keras file) to OUT_DIR/<version>/ for TF Serving.",
+    )
+    parser.add_argument("model", help="the .keras file")
+    parser.add_argument("out_dir", help="the model's base folder for TF Serving")
+    parser.add_argument(
+        "--version", type=int, help="version folder (default: the next free number)"
+    )
+    parser.set_defaults(handler=_export)
+
+
+def build_parser():
+    """The argument parser of `keras-globalpool`."""
+    parser = argparse.ArgumentParser(
+        prog="keras-globalpool",
+        description=(
+            "Compare global-pooling heads on your images, export models for TF "
+            "Serving, and explain their predictions with heatmaps."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_compare(commands)
+    _add_export(commands)
+    add_explain_parser(commands).set_defaults(handler=_explain)
+    return parser
+
+
+def settings_from(args):
+    """`CompareSettings` from parsed `compare` arguments, `--quick` applied."""
+    quick = QUICK if args.quick else {}
+    weights = args.weights
+    if weights is None:
+        weights = None if args.backbone == SMALL_CNN else "imagenet"
+    elif weights.lower() == "none":
+        weights = None
+    optional = {"run_name": args.run_name} if args.run_name else {}
+    return CompareSettings(
+        data=args.data,
+        image_size=args.image_size,
+        backbone=args.backbone,
+        weights=weights,
+        heads=tuple(args.heads or HEADS),
+        epochs=args.epochs or quick.get("epochs", CompareSettings.epochs),
+        seeds=args.seeds or quick.get("seeds", CompareSettings.seeds),
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        max_samples=args.max_samples or quick.get("max_samples"),
+        report_dir=args.report_dir,
+        saved_models=args.saved_models,
+        export=not args.no_export,
+        **optional,
+    )
+
+
+def _compare(args, console, argv):
+    settings = settings_from(args)
+    # Every head builds new models, whose first predictions TF reports as
+    # retracing; that is expected here.
+    tf.get_logger().setLevel("ERROR")
+    outcome = run_compare(
+        settings, console, command=" ".join(["keras-globalpool", *argv])
+    )
+    if outcome.results:
+        console.print(
+            console_table(outcome.results, title=f"compare: {settings.run_name}")
+        )
+        for line in summary(outcome.results)["lines"]:
+            console.print(line)
+    console.print(f"Report: {outcome.report_dir}/report.md")
+    if settings.export and outcome.results:
+        console.print(f"Models: {settings.saved_models}/{settings.run_name}/<head>/")
+    return EXIT_INTERRUPTED if outcome.interrupted else 0
+
+
+def _export(args, console, argv):
+    path = export_keras_file(args.model, args.out_dir, version=args.version)
+    console.print(f"SavedModel for TF Serving: {path}")
+    return 0
+
+
+def _explain(args, console, argv):
+    return args.func(args)
+
+
+def main(argv=None):
+    """Runs `keras-globalpool` with `argv` (default: the process's arguments).
+
+    Returns:
+        The exit code: 0 on success, 2 for bad arguments (an existing
+        export version included), 130 when interrupted.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    try:
+        return args.handler(args, console, argv)
+    except (ValueError, FileExistsError) as error:
+        print(f"keras-globalpool {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # Before any head finished: nothing to keep.
+        print(f"keras-globalpool {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

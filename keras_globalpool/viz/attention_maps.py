@@ -1,0 +1,73 @@
+"""Attention maps: where `GlobalAttentionPooling` looked, per image."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_globalpool.layers import GlobalAttentionPooling
+from keras_globalpool.viz.heatmaps import (
+    normalize_heatmaps,
+    resize_heatmaps,
+    spatial_size,
+)
+from keras_globalpool.viz.pooling_graph import (
+    data_format_of,
+    find_pooling_layer,
+    image_feature_map,
+    model_input,
+)
+
+
+def attention_maps(model, images, normalize=False, layer_name=None, batch_size=32):
+    """The attention scores of a model's `GlobalAttentionPooling` layer.
+
+    The scores are the weights the layer gives each feature-map position
+    (they sum to 1 over the positions), resized bilinearly to the images'
+    height and width with half-pixel centres. Use `normalize=True` to scale
+    each map to [0, 1] for display, as `class_activation_maps` does.
+
+    Args:
+        model: a functional or Sequential `keras.Model` with one image input
+            and a top-level `GlobalAttentionPooling` layer; the backbone
+            before it may be a nested sub-model.
+        images: array of shape `(batch, height, width, channels)`, or
+            `(batch, channels, height, width)` when the layer's
+            `data_format` is `"channels_first"`.
+        normalize: bool. Scale each map to [0, 1] by its minimum and
+            maximum. Defaults to `False`.
+        layer_name: optional string. The attention layer's name. Defaults
+            to the layer named `"pooler"`, else the model's only
+            `GlobalAttentionPooling` layer.
+        batch_size: int. Images per forward pass. Defaults to `32`.
+
+    Returns:
+        float32 NumPy array of shape `(batch, height, width)`.
+
+    Example:
+
+    >>> kgp.attention_maps(model, images).shape
+    (4, 32, 32)
+    """
+    images = np.asarray(images, dtype="float32")
+    if images.ndim != 4:
+        raise ValueError(
+            "`images` must be a batch of images, of rank 4. "
+            f"Received: images.shape={images.shape}"
+        )
+    pool = find_pooling_layer(model, layer_name, layer_types=(GlobalAttentionPooling,))
+    if not isinstance(pool, GlobalAttentionPooling):
+        raise ValueError(
+            "`attention_maps` needs a GlobalAttentionPooling layer, and layer "
+            f"{pool.name!r} is a {type(pool).__name__}. Pass `layer_name` to "
+            f"name the attention layer. Received: layer_name={layer_name!r}"
+        )
+    feature_model = keras.Model(model_input(model), image_feature_map(pool))
+    maps = []
+    for start in range(0, len(images), batch_size):
+        features = feature_model(images[start : start + batch_size], training=False)
+        _, scores = pool(features, return_attention_scores=True)
+        maps.append(ops.convert_to_numpy(scores).astype("float32"))
+    maps = resize_heatmaps(
+        np.concatenate(maps), spatial_size(images, data_format_of(pool))
+    )
+    return normalize_heatmaps(maps) if normalize else maps

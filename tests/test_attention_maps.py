@@ -1,0 +1,107 @@
+"""Tests for `kgp.attention_maps`: the attention layer's scores, per image."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_globalpool as kgp
+from keras_globalpool.viz.heatmaps import resize_heatmaps
+
+SIZE = 8
+
+
+def image_shape(data_format):
+    return (SIZE, SIZE, 3) if data_format == "channels_last" else (3, SIZE, SIZE)
+
+
+def attention_model(data_format="channels_last", strides=1, normalize="sigmoid"):
+    """Input -> nested backbone -> attention pooler -> Dense, like the builders'."""
+    inner = keras.Input(image_shape(data_format))
+    backbone = keras.Model(
+        inner,
+        keras.layers.Conv2D(
+            8, 3, strides=strides, padding="same", data_format=data_format
+        )(inner),
+        name="backbone",
+    )
+    inputs = keras.Input(image_shape(data_format))
+    pooler = kgp.GlobalAttentionPooling(
+        reduction=2,
+        normalize=normalize,
+        bias_initializer="random_normal",
+        data_format=data_format,
+        name="pooler",
+    )
+    outputs = keras.layers.Dense(3, name="predictions")(pooler(backbone(inputs)))
+    return keras.Model(inputs, outputs), backbone, pooler
+
+
+def hand_scores(backbone, pooler, images, data_format):
+    """The branch of the design notes: 1x1 conv, ReLU, 1x1 conv, normalized."""
+    features = keras.ops.convert_to_numpy(backbone(images))
+    if data_format == "channels_first":
+        features = np.moveaxis(features, 1, -1)
+    w1, b1, w2, b2 = (keras.ops.convert_to_numpy(w) for w in pooler.weights)
+    logits = (np.maximum(features @ w1 + b1, 0.0) @ w2 + b2)[..., 0]
+    if pooler.normalize == "sigmoid":
+        weights = 1.0 / (1.0 + np.exp(-logits))
+    else:
+        weights = np.exp(logits - logits.max(axis=(1, 2), keepdims=True))
+    return weights / weights.sum(axis=(1, 2), keepdims=True)
+
+
+def random_images(data_format, count=3):
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 1, (count,) + image_shape(data_format)).astype("float32")
+
+
+@pytest.mark.parametrize("normalize", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_maps_are_the_layer_scores(data_format, normalize):
+    keras.utils.set_random_seed(0)
+    model, backbone, pooler = attention_model(data_format, normalize=normalize)
+    images = random_images(data_format)
+
+    maps = kgp.attention_maps(model, images)
+
+    expected = hand_scores(backbone, pooler, images, data_format)
+    assert maps.shape == (3, SIZE, SIZE)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_coarse_scores_are_upsampled_to_the_input(data_format):
+    keras.utils.set_random_seed(1)
+    model, backbone, pooler = attention_model(data_format, strides=2)
+    images = random_images(data_format)
+
+    maps = kgp.attention_maps(model, images)
+    shown = kgp.attention_maps(model, images, normalize=True)
+
+    coarse = hand_scores(backbone, pooler, images, data_format)
+    assert coarse.shape == (3, SIZE // 2, SIZE // 2)
+    np.testing.assert_allclose(
+        maps, resize_heatmaps(coarse, (SIZE, SIZE)), rtol=1e-4, atol=1e-7
+    )
+    np.testing.assert_allclose(shown.min(axis=(1, 2)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(shown.max(axis=(1, 2)), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(
+        np.argmax(shown.reshape(3, -1), axis=1), np.argmax(maps.reshape(3, -1), axis=1)
+    )
+
+
+def test_model_without_attention_raises():
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = kgp.GlobalAveragePooling()(keras.layers.Conv2D(2, 1)(inputs))
+    model = keras.Model(inputs, x)
+    with pytest.raises(ValueError, match="GlobalAttentionPooling"):
+        kgp.attention_maps(model, random_images("channels_last"))
+
+
+def test_layer_name_of_another_pooling_raises():
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = kgp.GlobalMaxPooling(name="peak")(keras.layers.Conv2D(2, 1)(inputs))
+    model = keras.Model(inputs, x)
+    with pytest.raises(ValueError, match="Received: layer_name='peak'"):
+        kgp.attention_maps(model, random_images("channels_last"), layer_name="peak")
