@@ -9,6 +9,7 @@ import dataclasses
 import json
 import pathlib
 import statistics
+import textwrap
 
 from rich.table import Table
 
@@ -189,7 +190,7 @@ def plot(results, path, title):
     time_axes.set(ylabel="training time (s, mean over seeds)", title="training time")
     for axes in (accuracy_axes, time_axes):
         axes.tick_params(axis="x", rotation=30)
-    figure.suptitle(title)
+    figure.suptitle(textwrap.fill(title, 110), fontsize=10)
     figure.savefig(path, dpi=100)
 
 
