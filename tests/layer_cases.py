@@ -1,6 +1,8 @@
 """What the layer tests share: the layers, inputs, and the NumPy oracle call."""
 
+import keras
 import numpy as np
+from keras import ops
 
 import keras_globalpool as kgp
 from keras_globalpool import reference
@@ -91,3 +93,71 @@ def reference_forward(layer, x, mask=None):
         )
         return pooled
     raise TypeError(f"No reference for {type(layer).__name__}")
+
+
+def to_numpy(tensor, dtype=None):
+    """A layer output as a NumPy array, on any backend.
+
+    `np.asarray` fails on torch tensors that require a gradient and on
+    bfloat16 ones; `dtype` casts first.
+    """
+    if dtype is None and keras.backend.standardize_dtype(tensor.dtype) == "bfloat16":
+        dtype = "float32"
+    if dtype is not None:
+        tensor = ops.cast(tensor, dtype)
+    return np.asarray(ops.convert_to_numpy(tensor))
+
+
+def gradients(layer, x, dy, mask=None):
+    """Gradients of `sum(layer(x, mask=mask) * dy)` on any Keras backend.
+
+    Returns a list of NumPy arrays: the gradient with respect to `x`, then
+    one per trainable weight of `layer` (which may be a model). The loss is
+    summed in float64 for a float64 `x`, else in float32.
+    """
+    x = np.asarray(x)
+    dy = np.asarray(dy)
+    loss_dtype = "float64" if x.dtype == np.float64 else "float32"
+    if not layer.built:
+        layer(x, mask=mask)
+
+    def loss(outputs):
+        return ops.sum(ops.cast(outputs, loss_dtype) * ops.cast(dy, loss_dtype))
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            value = loss(layer(xt, mask=mask))
+        weights = [w.value for w in layer.trainable_weights]
+        grads = tape.gradient(value, [xt, *weights])
+    elif backend == "jax":
+        import jax
+
+        trainable = [w.value for w in layer.trainable_variables]
+        non_trainable = [w.value for w in layer.non_trainable_variables]
+
+        def jax_loss(xv, tv):
+            outputs, _ = layer.stateless_call(tv, non_trainable, xv, mask=mask)
+            return loss(outputs)
+
+        dx, dw = jax.grad(jax_loss, argnums=(0, 1))(jax.numpy.asarray(x), trainable)
+        grads = [dx, *dw]
+    elif backend == "torch":
+        import torch
+
+        xt = torch.tensor(x, requires_grad=True)
+        weights = [w.value for w in layer.trainable_weights]
+        grads = torch.autograd.grad(
+            loss(layer(xt, mask=mask)), [xt, *weights], allow_unused=True
+        )
+    else:
+        raise NotImplementedError(f"No gradients for backend={backend!r}")
+    sources = [x, *layer.trainable_weights]
+    return [
+        np.zeros(np.shape(source)) if g is None else ops.convert_to_numpy(g)
+        for source, g in zip(sources, grads, strict=True)
+    ]

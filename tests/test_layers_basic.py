@@ -151,7 +151,9 @@ class TestErrors:
 
     @pytest.mark.parametrize("bad", [0, -1.0, -3, float("nan"), "3", None, True])
     def test_bad_p(self, bad):
-        with pytest.raises(ValueError, match="`p` must be a number > 0. Received: p="):
+        with pytest.raises(
+            ValueError, match="`p` must be a finite number > 0. Received: p="
+        ):
             kgp.GlobalGeMPooling(p=bad)
 
     @pytest.mark.parametrize("bad", [0, -1, 0.5, 2.0, "8", None])

@@ -24,6 +24,9 @@ class GlobalAttentionPooling(BaseGlobalPooling):
     `sigmoid(z) / sum(sigmoid(z))`; `"softmax"` weights are `softmax(z)`.
     Either way the weights sum to 1 and the output is a convex combination:
     each channel's result lies between that channel's minimum and maximum.
+    Finite inputs always give finite weights, even where the branch
+    overflows; a NaN at a valid position makes that sample's output and
+    scores NaN, since every weight depends on it.
 
     Args:
         reduction: int >= 1. The bottleneck's channel reduction. Defaults to
@@ -125,8 +128,22 @@ class GlobalAttentionPooling(BaseGlobalPooling):
             ops.cast(w, x.dtype) for w in self.weights
         )
         features = ops.moveaxis(x, channel_axis, -1)
-        hidden = ops.relu(ops.matmul(features, hidden_kernel) + hidden_bias)
-        logits = ops.matmul(hidden, score_kernel) + score_bias
+        # `einsum`, not `matmul` or `tensordot`: Keras's torch versions of
+        # those compute float64 in float32. Explicit subscripts, not `...`:
+        # on TensorFlow the gradient of a `...` einsum materializes a
+        # (batch, *spatial, channels, units) tensor, gigabytes for ResNet maps.
+        positions = "bxyz"[: len(x.shape) - 1]
+        hidden = ops.einsum(f"{positions}c,cu->{positions}u", features, hidden_kernel)
+        hidden = ops.relu(hidden + hidden_bias)
+        logits = ops.einsum(f"{positions}u,uk->{positions}k", hidden, score_kernel)
+        logits = logits + score_bias
+        # Finite inputs near the dtype's limit overflow the branch to +-inf,
+        # or to inf - inf = NaN. Those logits become finite (the largest
+        # finite values, and 0 for NaN), so the weights stay finite. A
+        # position that holds a NaN keeps a NaN logit: the NaN spreads to the
+        # whole sample instead of vanishing from the other channels.
+        has_nan = ops.any(ops.isnan(features), axis=-1, keepdims=True)
+        logits = ops.where(has_nan, float("nan"), ops.nan_to_num(logits, nan=0.0))
         return ops.moveaxis(logits, -1, channel_axis)
 
     def call(self, inputs, mask=None, return_attention_scores=False):

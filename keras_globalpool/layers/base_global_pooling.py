@@ -36,6 +36,13 @@ class BaseGlobalPooling(keras.layers.Layer):
     and `get_config`. Subclasses write `__init__`, `build` (if they have
     weights) and `call`.
 
+    Every pooling follows one policy for values it cannot pool normally. A
+    NaN at a valid position propagates as in NumPy's `mean` and `max`: the
+    channels that hold it give NaN (every channel, for attention); `inf`
+    follows NumPy too. Masked positions never matter, whatever they hold. A
+    static spatial size of 0 raises a `ValueError` in `build`; a sample with
+    nothing to pool at run time, fully masked or of size 0, gives zeros.
+
     Args:
         data_format: string, `"channels_last"` or `"channels_first"`.
             Defaults to `keras.config.image_data_format()`.
@@ -52,16 +59,30 @@ class BaseGlobalPooling(keras.layers.Layer):
         if data_format is None:
             data_format = keras.config.image_data_format()
         self.data_format = check_option("data_format", data_format, DATA_FORMATS)
+        if keepdims not in (True, False):
+            raise ValueError(
+                f"`keepdims` must be a bool. Received: keepdims={keepdims!r}"
+            )
         self.keepdims = bool(keepdims)
         self.supports_masking = True
 
     # === Shapes ===
 
-    def _check_rank(self, input_shape):
+    def _check_input_shape(self, input_shape):
         if len(input_shape) not in _RANKS:
             raise ValueError(
                 f"`{type(self).__name__}` expects an input of rank 3, 4 or 5 "
                 "(a 1D, 2D or 3D feature map with batch and channel axes). "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        # A size unknown here and 0 at run time pools to zeros instead.
+        if 0 in tuple(
+            input_shape[axis] for axis in self._spatial_axes(len(input_shape))
+        ):
+            raise ValueError(
+                f"`{type(self).__name__}` cannot pool a feature map with no "
+                "position: every spatial axis needs a size of at least 1 "
+                f"(data_format={self.data_format!r}). "
                 f"Received: input_shape={tuple(input_shape)}"
             )
 
@@ -88,10 +109,10 @@ class BaseGlobalPooling(keras.layers.Layer):
         return channels
 
     def build(self, input_shape):
-        self._check_rank(input_shape)
+        self._check_input_shape(input_shape)
 
     def compute_output_shape(self, input_shape):
-        self._check_rank(input_shape)
+        self._check_input_shape(input_shape)
         rank = len(input_shape)
         channels = self._channels(input_shape)
         if channels is not None:

@@ -1,5 +1,7 @@
 """`GlobalGeMPooling`: the generalized (power) mean."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -11,6 +13,15 @@ from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
 P_FLOOR = 1e-3
 
 
+def _positive_finite(value):
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_globalpool")
 class GlobalGeMPooling(BaseGlobalPooling):
     """Generalized-mean (GeM) pooling for 1D, 2D and 3D feature maps.
@@ -18,16 +29,17 @@ class GlobalGeMPooling(BaseGlobalPooling):
     Computes `mean(max(x, eps) ** p) ** (1 / p)` per channel: `p = 1` is
     average pooling, and as `p` grows it approaches max pooling. It is the
     standard pooling for image retrieval (Radenović et al.). Inputs below
-    `eps` (negative ones included) are clamped to `eps`. The layer works in
+    `eps` (negative ones and `-inf` included) are clamped to `eps`; NaN
+    propagates and `+inf` gives `+inf`. The layer works in
     log space, so neither a large `p` nor float16 inputs overflow, and an
     all-zero input has finite gradients. A trainable `p` is floored at
     `1e-3` when used.
 
     Args:
-        p: float > 0. The initial exponent. Defaults to `3.0`.
+        p: finite float > 0. The initial exponent. Defaults to `3.0`.
         trainable_p: bool. Learn `p` with the rest of the model. Defaults to
             `True`.
-        eps: float > 0. The clamp floor. Defaults to `1e-6`.
+        eps: finite float > 0. The clamp floor. Defaults to `1e-6`.
         data_format: string, `"channels_last"` or `"channels_first"`.
             Defaults to `keras.config.image_data_format()`.
         keepdims: bool. Keep the spatial axes with size 1. Defaults to
@@ -64,10 +76,16 @@ class GlobalGeMPooling(BaseGlobalPooling):
         **kwargs,
     ):
         super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not p > 0:
-            raise ValueError(f"`p` must be a number > 0. Received: p={p!r}")
-        if not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"`eps` must be a number > 0. Received: eps={eps!r}")
+        if not _positive_finite(p):
+            raise ValueError(f"`p` must be a finite number > 0. Received: p={p!r}")
+        if not _positive_finite(eps):
+            raise ValueError(
+                f"`eps` must be a finite number > 0. Received: eps={eps!r}"
+            )
+        if trainable_p not in (True, False):
+            raise ValueError(
+                f"`trainable_p` must be a bool. Received: trainable_p={trainable_p!r}"
+            )
         self.p = float(p)
         self.trainable_p = bool(trainable_p)
         self.eps = float(eps)
@@ -84,7 +102,8 @@ class GlobalGeMPooling(BaseGlobalPooling):
 
     def call(self, inputs, mask=None):
         x, mask, axes = self._prepare(inputs, mask)
-        p = ops.maximum(ops.cast(self.p_weight, x.dtype), P_FLOOR)
+        p = ops.cast(self.p_weight, x.dtype)
+        p = ops.where(p < P_FLOOR, P_FLOOR, p)  # not `maximum`: float64 on torch
         pooled = pool_ops.global_gem_pool(x, p, axes, mask, self.eps, self.keepdims)
         return self._finish(pooled)
 

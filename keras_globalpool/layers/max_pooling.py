@@ -41,6 +41,11 @@ class GlobalMaxPooling(BaseGlobalPooling):
     (2, 8)
     """
 
+    @property
+    def reduction_dtype(self):
+        # A maximum neither rounds nor overflows: 16-bit maps need no float32 copy.
+        return keras.backend.standardize_dtype(self.compute_dtype)
+
     def call(self, inputs, mask=None):
         x, mask, axes = self._prepare(inputs, mask)
         return self._finish(pool_ops.global_max_pool(x, axes, mask, self.keepdims))

@@ -71,8 +71,7 @@ class GlobalMixedPooling(BaseGlobalPooling):
 
     def call(self, inputs, mask=None):
         x, mask, axes = self._prepare(inputs, mask)
-        avg = pool_ops.global_avg_pool(x, axes, mask, self.keepdims)
-        peak = pool_ops.global_max_pool(x, axes, mask, self.keepdims)
+        avg, peak = pool_ops.global_avg_max_pool(x, axes, mask, self.keepdims)
         channel_axis = self._channel_axis(len(avg.shape))
         if self.mode == "concat":
             return self._finish(ops.concatenate([avg, peak], axis=channel_axis))

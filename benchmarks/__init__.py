@@ -1,0 +1,1 @@
+"""The keras-globalpool benchmark suite. Run it with `python -m benchmarks.run`."""

@@ -1,0 +1,145 @@
+"""Maps with no position to pool (docs/README_reliability.md, "Empty inputs").
+
+- A static spatial size of 0 is a `ValueError` when the layer is built or
+  its output shape computed: the mistake shows where the model is defined.
+- At run time, a map with no position pools to zeros: a fully masked
+  sequence, and a map whose size, unknown when the layer was built, turns
+  out to be 0. Never NaN, never -inf, and gradients stay finite.
+"""
+
+import keras
+import numpy as np
+import pytest
+from layer_cases import (
+    DATA_FORMATS,
+    LAYER_CASES,
+    RANKS,
+    gradients,
+    input_shape,
+    make_layer,
+)
+
+CASES = sorted(LAYER_CASES)
+
+
+def _numpy(tensor):
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(tensor, "float32")))
+
+
+def _out_channels(case, channels):
+    return 2 * channels if case == "mixed" else channels
+
+
+def _empty_shapes():
+    for rank in RANKS:
+        for data_format in DATA_FORMATS:
+            shape = list(input_shape(rank, data_format))
+            spatial_axis = 1 if data_format == "channels_last" else 2
+            shape[spatial_axis + rank - 3] = 0  # the last spatial axis
+            yield rank, data_format, tuple(shape)
+
+
+EMPTY_SHAPES = list(_empty_shapes())
+
+
+class TestStaticSizeZero:
+    @pytest.mark.parametrize("rank, data_format, shape", EMPTY_SHAPES)
+    @pytest.mark.parametrize("case", CASES)
+    def test_build_raises(self, case, rank, data_format, shape):
+        layer = make_layer(case, data_format=data_format)
+        with pytest.raises(ValueError, match=r"no position.*Received: input_shape="):
+            layer.build(shape)
+        with pytest.raises(ValueError, match=r"no position.*Received: input_shape="):
+            layer.compute_output_shape(shape)
+
+    @pytest.mark.parametrize("case", CASES)
+    def test_functional_model_with_a_zero_axis_raises(self, case):
+        inputs = keras.Input((5, 0, 3))
+        with pytest.raises(ValueError, match=r"no position.*Received: input_shape="):
+            make_layer(case)(inputs)
+
+    @pytest.mark.parametrize("case", CASES)
+    def test_eager_call_of_an_unbuilt_layer_raises(self, case):
+        with pytest.raises(ValueError, match="Received: input_shape="):
+            make_layer(case)(np.zeros((2, 0, 3), "float32"))
+
+    def test_message_names_the_layer_and_the_shape(self):
+        layer = make_layer("gem", data_format="channels_first")
+        with pytest.raises(ValueError) as info:
+            layer.build((2, 3, 4, 0))
+        message = str(info.value)
+        assert "`GlobalGeMPooling`" in message
+        assert "Received: input_shape=(2, 3, 4, 0)" in message
+
+
+class TestRunTimeEmpty:
+    @pytest.mark.parametrize("dtype", ["float32", "mixed_float16", "float64"])
+    @pytest.mark.parametrize("case", CASES)
+    def test_fully_masked_batch_gives_zeros(self, case, dtype):
+        x = np.full((3, 4, 2), 5.0, "float32")
+        mask = np.zeros((3, 4), bool)
+        layer = make_layer(case, dtype=dtype)
+        out = layer(x, mask=mask)
+        np.testing.assert_array_equal(_numpy(out), 0.0)
+        assert out.shape == (3, _out_channels(case, 2))
+        for grad in gradients(layer, x, np.ones(out.shape), mask):
+            assert np.all(np.isfinite(grad))
+
+    @pytest.mark.parametrize("case", CASES)
+    def test_attention_scores_of_a_fully_masked_sample_are_zero(self, case):
+        if not case.startswith("attention"):
+            pytest.skip("attention only")
+        x = np.ones((2, 5, 3), "float32")
+        mask = np.array([[False] * 5, [True, True, False, False, False]])
+        _, scores = make_layer(case)(x, mask=mask, return_attention_scores=True)
+        np.testing.assert_allclose(_numpy(scores), [[0] * 5, [0.5, 0.5, 0, 0, 0]])
+
+    @pytest.mark.parametrize("case", CASES)
+    def test_embedding_of_padding_only_sequences(self, case):
+        """Embedding(mask_zero=True) with sequences that are all padding."""
+        inputs = keras.Input((None,), dtype="int32")
+        features = keras.layers.Embedding(5, 4, mask_zero=True)(inputs)
+        model = keras.Model(inputs, make_layer(case)(features))
+        tokens = np.array([[0, 0, 0], [1, 2, 0], [0, 0, 0]])
+        out = _numpy(model(tokens))
+        np.testing.assert_array_equal(out[[0, 2]], 0.0)
+        assert np.all(np.isfinite(out)) and np.any(out[1] != 0)
+
+    @pytest.mark.parametrize("keepdims", [False, True])
+    @pytest.mark.parametrize("case", CASES)
+    def test_zero_size_map_at_run_time_gives_zeros(self, case, keepdims):
+        """A layer built for unknown sizes, fed a map that has none."""
+        layer = make_layer(case, keepdims=keepdims)
+        layer.build((None, None, None, 3))
+        out = layer(np.zeros((2, 4, 0, 3), "float32"))
+        channels = _out_channels(case, 3)
+        expected = (2, 1, 1, channels) if keepdims else (2, channels)
+        assert tuple(out.shape) == expected
+        np.testing.assert_array_equal(_numpy(out), 0.0)
+
+    @pytest.mark.parametrize("case", CASES)
+    def test_zero_size_map_through_predict(self, case):
+        inputs = keras.Input((None, 3))
+        model = keras.Model(inputs, make_layer(case)(inputs))
+        out = model.predict(np.zeros((2, 0, 3), "float32"), verbose=0)
+        np.testing.assert_array_equal(out, 0.0)
+        assert out.shape == (2, _out_channels(case, 3))
+
+    @pytest.mark.parametrize("case", CASES)
+    def test_zero_size_map_in_a_tf_function(self, case):
+        """The size is only known when the graph runs (TensorFlow only)."""
+        if keras.backend.backend() != "tensorflow":
+            pytest.skip("a graph with unknown sizes is TensorFlow's")
+        import tensorflow as tf
+
+        layer = make_layer(case)
+        layer.build((None, None, None, 3))
+        pool = tf.function(
+            layer, input_signature=[tf.TensorSpec((None, None, None, 3), "float32")]
+        )
+        for shape in [(2, 0, 4, 3), (2, 3, 0, 3), (1, 2, 2, 3)]:
+            out = pool(tf.ones(shape))
+            if 0 in shape:
+                np.testing.assert_array_equal(_numpy(out), 0.0)
+            else:
+                assert np.all(_numpy(out) != 0)

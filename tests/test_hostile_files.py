@@ -1,0 +1,386 @@
+"""Hostile and broken `.keras` files (docs/README_reliability.md, "File attacks").
+
+A `.keras` file is a zip of `config.json`, `metadata.json` and
+`model.weights.h5`. Each test writes a good file, tampers with one part, and
+checks that `keras.models.load_model` raises an error that names the problem,
+returns nothing, and runs no code from the file. Every model the builders
+make loads with `safe_mode=True`.
+"""
+
+import base64
+import json
+import marshal
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from layer_cases import to_numpy
+
+import keras_globalpool as kgp
+
+_SMALL = (16, 16, 3)
+
+
+# === Files ===
+
+
+def _all_layers_model():
+    inputs = keras.Input((6, 6, 4))
+    pooled = [
+        kgp.GlobalAveragePooling(name="avg")(inputs),
+        kgp.GlobalMaxPooling(name="max")(inputs),
+        kgp.GlobalMixedPooling(mode="learned", name="mixed")(inputs),
+        kgp.GlobalAttentionPooling(reduction=2, name="attention")(inputs),
+        kgp.GlobalGeMPooling(p=2.5, name="gem")(inputs),
+    ]
+    outputs = keras.layers.Dense(2, name="predictions")(
+        keras.layers.Concatenate(name="concat")(pooled)
+    )
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def good_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("good") / "model.keras"
+    _all_layers_model().save(path)
+    return path
+
+
+def _members(path):
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def _write(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _with_config(good, path, edit):
+    """A copy of `good` whose config.json went through `edit(config)`."""
+    members = _members(good)
+    config = json.loads(members["config.json"])
+    edit(config)
+    members["config.json"] = json.dumps(config).encode()
+    return _write(path, members)
+
+
+def _layer(config, name):
+    return next(lay for lay in config["config"]["layers"] if lay["name"] == name)
+
+
+def _set(name, **values):
+    return lambda config: _layer(config, name)["config"].update(values)
+
+
+def _load_fails(path, match, errors=(ValueError, TypeError), **kwargs):
+    """`load_model` raises a matching error; `result` stays unset."""
+    result = None
+    with pytest.raises(errors, match=match):
+        result = keras.models.load_model(path, **kwargs)
+    assert result is None
+
+
+# === Tampered configs: each bad field is named ===
+
+BAD_FIELDS = {
+    "unknown mode": (_set("mixed", mode="sum"), r"Received: mode='sum'"),
+    "negative p": (_set("gem", p=-1.0), r"`p` must be .*Received: p=-1.0"),
+    "zero p": (_set("gem", p=0), r"Received: p=0"),
+    "NaN p": (_set("gem", p=float("nan")), r"Received: p=nan"),
+    "infinite p": (_set("gem", p=float("inf")), r"Received: p=inf"),
+    "string p": (_set("gem", p="3"), r"Received: p='3'"),
+    "zero eps": (_set("gem", eps=0.0), r"Received: eps=0.0"),
+    "string trainable_p": (_set("gem", trainable_p="no"), r"trainable_p='no'"),
+    "zero reduction": (_set("attention", reduction=0), r"Received: reduction=0"),
+    "float reduction": (_set("attention", reduction=2.5), r"reduction=2.5"),
+    "unknown normalize": (_set("attention", normalize="relu"), r"normalize='relu'"),
+    "unknown data_format": (_set("avg", data_format="NHWC"), r"data_format='NHWC'"),
+    "string keepdims": (_set("max", keepdims="False"), r"keepdims='False'"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(BAD_FIELDS))
+def test_bad_field_in_config_is_named(good_file, tmp_path, attack):
+    edit, match = BAD_FIELDS[attack]
+    path = _with_config(good_file, tmp_path / "bad.keras", edit)
+    _load_fails(path, match)
+    _load_fails(path, match, custom_objects=kgp.custom_objects())
+
+
+def test_unknown_class_is_named(good_file, tmp_path):
+    def rename(config):
+        _layer(config, "gem").update(
+            class_name="GlobalSumPooling",
+            registered_name="keras_globalpool>GlobalSumPooling",
+        )
+
+    path = _with_config(good_file, tmp_path / "bad.keras", rename)
+    _load_fails(path, r"Could not locate class 'GlobalSumPooling'")
+
+
+@pytest.mark.parametrize(
+    "module, class_name",
+    [("os", "system"), ("builtins", "eval"), ("subprocess", "run")],
+)
+def test_class_from_an_arbitrary_module_is_refused(
+    good_file, tmp_path, module, class_name
+):
+    marker = tmp_path / "ran"
+
+    def point_elsewhere(config):
+        _layer(config, "gem").update(
+            module=module,
+            class_name=class_name,
+            registered_name=None,
+            config={"args": f"touch {marker}", "cmd": f"touch {marker}"},
+        )
+
+    path = _with_config(good_file, tmp_path / "bad.keras", point_elsewhere)
+    _load_fails(path, f"Could not locate class '{class_name}'")
+    assert not marker.exists()
+
+
+# === Code in the file: refused under safe_mode ===
+
+
+def _lambda_attack(good, path, marker, where):
+    """Swaps in a lambda that creates `marker` when it runs.
+
+    The lambda is written as Keras writes one: its marshalled bytecode, in
+    base64, under `"__lambda__"`.
+    """
+    source = f"lambda x: (open({str(marker)!r}, 'w').close(), x)[1]"
+    payload = eval(compile(source, "<payload>", "eval"))  # noqa: S307
+    code = base64.encodebytes(marshal.dumps(payload.__code__)).decode("ascii")
+    function = {
+        "class_name": "__lambda__",
+        "config": {"code": code, "defaults": None, "closure": None},
+    }
+
+    def edit(config):
+        if where == "layer":  # the "avg" pooler becomes a Lambda layer
+            layer = _layer(config, "avg")
+            layer.update(module="keras.layers", class_name="Lambda")
+            layer["registered_name"] = None
+            layer["config"] = {"name": "avg", "function": function, "arguments": {}}
+        else:  # a lambda as the Dense activation
+            _layer(config, "predictions")["config"]["activation"] = function
+
+    return _with_config(good, path, edit)
+
+
+@pytest.mark.parametrize("where", ["layer", "activation"])
+def test_lambda_is_refused_under_safe_mode(good_file, tmp_path, where):
+    marker = tmp_path / "ran"
+    path = _lambda_attack(good_file, tmp_path / "evil.keras", marker, where)
+    for kwargs in ({}, {"safe_mode": True}, {"custom_objects": kgp.custom_objects()}):
+        _load_fails(path, "safe_mode", **kwargs)
+    assert not marker.exists()
+
+
+def test_the_lambda_attack_is_real(good_file, tmp_path):
+    """Without safe_mode the tampered file runs its code: the attack works."""
+    marker = tmp_path / "ran"
+    path = _lambda_attack(good_file, tmp_path / "evil.keras", marker, "layer")
+    try:
+        keras.models.load_model(path, safe_mode=False)
+    except Exception:  # noqa: BLE001 - the shapes no longer fit; the code ran first
+        pass
+    assert marker.exists()
+
+
+# === Broken files: a clear error, no model ===
+
+
+BROKEN_ARCHIVES = {
+    "truncated zip": (lambda good: good.read_bytes()[: good.stat().st_size // 2]),
+    "random bytes": (lambda good: np.random.default_rng(0).bytes(4096)),
+    "empty file": (lambda good: b""),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(BROKEN_ARCHIVES))
+def test_broken_archive(good_file, tmp_path, damage):
+    path = tmp_path / "broken.keras"
+    path.write_bytes(BROKEN_ARCHIVES[damage](good_file))
+    _load_fails(path, r"\.keras. zip file")
+
+
+def _weights(good, path, edit):
+    """A copy of `good` whose weights file went through `edit(h5_file)`."""
+    members = _members(good)
+    weights = path.with_suffix(".h5")
+    weights.write_bytes(members["model.weights.h5"])
+    with h5py.File(weights, "r+") as store:
+        edit(store)
+    members["model.weights.h5"] = weights.read_bytes()
+    return _write(path, members)
+
+
+def _group(store, class_name):
+    """The weights group of the (only) layer of `class_name`."""
+    (name,) = [key for key in store["layers"] if key.startswith(class_name)]
+    return store["layers"][name]["vars"]
+
+
+def _drop_variables(store):
+    group = _group(store, "global_attention_pooling")
+    for key in list(group):
+        del group[key]
+
+
+def _wrong_shape(store):
+    group = _group(store, "global_attention_pooling")
+    kernel = group["0"][()]
+    del group["0"]
+    group["0"] = np.zeros((kernel.shape[0] + 1, kernel.shape[1]), kernel.dtype)
+
+
+BROKEN_MEMBERS = {
+    "missing weights": (
+        lambda members: members.pop("model.weights.h5"),
+        ValueError,
+        "model.weights",
+    ),
+    "missing config": (lambda members: members.pop("config.json"), KeyError, "config"),
+    "config not JSON": (
+        lambda members: members.update({"config.json": b"{not json"}),
+        ValueError,
+        "Expecting property name",
+    ),
+    "weights not HDF5": (
+        lambda members: members.update({"model.weights.h5": b"\x00" * 4096}),
+        OSError,
+        "file signature not found",
+    ),
+    "truncated weights": (
+        lambda members: members.update(
+            {"model.weights.h5": members["model.weights.h5"][:2000]}
+        ),
+        OSError,
+        "truncated file",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(BROKEN_MEMBERS))
+def test_broken_member(good_file, tmp_path, damage):
+    edit, error, match = BROKEN_MEMBERS[damage]
+    members = _members(good_file)
+    edit(members)
+    path = _write(tmp_path / "broken.keras", members)
+    _load_fails(path, match, errors=error)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (_drop_variables, r"expected 4 variables, but received 0"),
+        (
+            _wrong_shape,
+            r"must match. variable.shape=\(4, 2\), Received: value.shape=.*5, 2",
+        ),
+    ],
+    ids=["missing variables", "wrong shape"],
+)
+def test_weights_that_do_not_fit_are_refused(good_file, tmp_path, edit, match):
+    """No model comes back with some layers left at their initial weights."""
+    path = _weights(good_file, tmp_path / "bad.keras", edit)
+    _load_fails(path, match)
+
+
+def test_the_good_file_loads(good_file):
+    """The fixture the attacks start from is itself fine."""
+    model = keras.models.load_model(good_file)
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 4)).astype("float32")
+    assert to_numpy(model(x)).shape == (2, 2)
+
+
+# === Every builder's model loads with safe_mode=True ===
+
+
+def _tiny_backbone():
+    inputs = keras.Input(_SMALL)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="stage1")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv2")(x)
+    return keras.Model(inputs, keras.layers.ReLU(name="stage2")(x), name="tiny")
+
+
+POOLINGS = ["avg", "max", "mixed", "attention", "gem", "flatten"]
+
+BUILDERS = {
+    "build_classifier": lambda pooling: kgp.build_classifier(
+        _tiny_backbone(), 3, input_shape=_SMALL, pooling=pooling, hidden_units=(4,)
+    ),
+    "build_feature_extractor": lambda pooling: kgp.build_feature_extractor(
+        _tiny_backbone(), input_shape=_SMALL, pooling=pooling
+    ),
+    "build_multiscale_classifier": lambda pooling: kgp.build_multiscale_classifier(
+        _tiny_backbone(),
+        3,
+        stages=["stage1", "stage2"],
+        input_shape=_SMALL,
+        pooling=pooling,
+    ),
+    "unfreeze_backbone": lambda pooling: _unfrozen(
+        kgp.build_classifier(_tiny_backbone(), 3, input_shape=_SMALL, pooling=pooling)
+    ),
+}
+
+
+def _unfrozen(model):
+    kgp.unfreeze_backbone(model, num_layers=1)
+    return model
+
+
+def _check_safe_round_trip(model, path, x):
+    model.save(path)
+    expected = to_numpy(model(x))
+    for kwargs in ({}, {"custom_objects": kgp.custom_objects()}):
+        loaded = keras.models.load_model(path, safe_mode=True, **kwargs)
+        np.testing.assert_allclose(to_numpy(loaded(x)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_every_public_builder_is_covered():
+    builders = {name for name in kgp.__all__ if name.startswith("build_")}
+    assert builders <= set(BUILDERS), builders - set(BUILDERS)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("builder", sorted(BUILDERS))
+def test_builder_models_load_with_safe_mode(tmp_path, builder, pooling):
+    if builder == "build_feature_extractor" and pooling == "flatten":
+        pytest.skip("flatten embeddings are the classifier baseline only")
+    model = BUILDERS[builder](pooling)
+    x = np.random.default_rng(0).uniform(0, 255, (2, *_SMALL)).astype("float32")
+    _check_safe_round_trip(model, tmp_path / "model.keras", x)
+
+
+# keras.applications families whose layers go beyond Conv/BN/Dense (custom
+# layers, activations, rescaling), each by its smallest member.
+APPLICATIONS = [
+    ("ConvNeXtTiny", 32),  # LayerScale
+    ("EfficientNetV2B0", 32),  # Rescaling, Normalization
+    ("MobileNetV3Small", 32),  # hard-swish
+    ("InceptionResNetV2", 75),  # CustomScaleLayer
+]
+
+
+@pytest.mark.parametrize("backbone, size", APPLICATIONS)
+def test_application_backbones_load_with_safe_mode(tmp_path, backbone, size):
+    if keras.backend.backend() != "tensorflow":
+        # What safe_mode refuses is in the config, which no backend changes;
+        # the builders' round trips above run on every backend.
+        pytest.skip("large backbones: checked on TensorFlow only, to save CI time")
+    model = kgp.build_classifier(
+        backbone, 2, input_shape=(size, size, 3), weights=None, pooling="gem"
+    )
+    x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype("float32")
+    _check_safe_round_trip(model, tmp_path / "model.keras", x)
