@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_globalpool.layers import GlobalAttentionPooling
 from keras_globalpool.viz.heatmaps import (
+    image_batch,
     normalize_heatmaps,
     resize_heatmaps,
     spatial_size,
@@ -48,12 +49,7 @@ def attention_maps(model, images, normalize=False, layer_name=None, batch_size=3
     >>> kgp.attention_maps(model, images).shape
     (4, 32, 32)
     """
-    images = np.asarray(images, dtype="float32")
-    if images.ndim != 4:
-        raise ValueError(
-            "`images` must be a batch of images, of rank 4. "
-            f"Received: images.shape={images.shape}"
-        )
+    images = image_batch(images)
     pool = find_pooling_layer(model, layer_name, layer_types=(GlobalAttentionPooling,))
     if not isinstance(pool, GlobalAttentionPooling):
         raise ValueError(

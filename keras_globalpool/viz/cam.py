@@ -8,6 +8,7 @@ from keras_globalpool.layers import GlobalAveragePooling
 from keras_globalpool.layers.base_global_pooling import check_option
 from keras_globalpool.viz.gradcam import channels_last_array, gradcam_explainer
 from keras_globalpool.viz.heatmaps import (
+    image_batch,
     normalize_heatmaps,
     resize_heatmaps,
     spatial_size,
@@ -77,12 +78,7 @@ def class_activation_maps(
     >>> maps.shape
     (4, 32, 32)
     """
-    images = np.asarray(images, dtype="float32")
-    if images.ndim != 4:
-        raise ValueError(
-            "`images` must be a batch of images, of rank 4. "
-            f"Received: images.shape={images.shape}"
-        )
+    images = image_batch(images)
     pool = explained_layer(model, layer_name)
     method = resolve_method(model, method, layer_name)
     data_format = data_format_of(pool)

@@ -4,6 +4,17 @@ import numpy as np
 from keras import ops
 
 
+def image_batch(images):
+    """`images` as a float32 array, checked to be a batch of 2D images."""
+    images = np.asarray(images, dtype="float32")
+    if images.ndim != 4:
+        raise ValueError(
+            "`images` must be a batch of images, of rank 4. "
+            f"Received: images.shape={images.shape}"
+        )
+    return images
+
+
 def spatial_size(images, data_format):
     """The `(height, width)` of a batch of images in `data_format`."""
     if data_format == "channels_last":
