@@ -5,7 +5,7 @@ Two profiles, both bounded: `"ci"`, loaded when the environment sets `CI`
 same examples; `"dev"` draws new examples on every run and keeps failures in
 an example database outside the repository. `HYPOTHESIS_PROFILE` picks one
 by name. Each test sets its own `max_examples` through `examples()`; the
-totals are listed in docs/README_reliability.md.
+totals are listed in the README, "Reliability".
 """
 
 import os

@@ -1,4 +1,4 @@
-"""The NaN and Inf policy (docs/README_reliability.md, "NaN and Inf").
+"""The NaN and Inf policy (README, "Reliability": "NaN, Inf and empty inputs").
 
 - A NaN at a valid position propagates as in NumPy's `mean` and `max`: avg,
   max, mixed and GeM give NaN in exactly the channels that hold one. The

@@ -5,7 +5,7 @@ with plain TensorFlow and called from `THREADS` threads at once, each making
 `ROUNDS` passes over the same batches in its own order. Every output must be
 bit-identical to the single-threaded output for that batch, and the whole
 load must finish within `DEADLINE_S`. TensorFlow only: SavedModel export
-needs the TensorFlow backend (see docs/README_reliability.md).
+needs the TensorFlow backend (see the README, "Reliability").
 """
 
 import concurrent.futures
