@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from viz_models import cpu_safe_conv2d
 
 import keras_globalpool as kgp
 from keras_globalpool.viz.heatmaps import resize_heatmaps
@@ -14,16 +16,22 @@ def image_shape(data_format):
     return (SIZE, SIZE, 3) if data_format == "channels_last" else (3, SIZE, SIZE)
 
 
-def attention_model(data_format="channels_last", strides=1, normalize="sigmoid"):
-    """Input -> nested backbone -> attention pooler -> Dense, like the builders'."""
+def attention_model(
+    data_format="channels_last", strides=1, normalize="sigmoid", native_conv=False
+):
+    """Input -> nested backbone -> attention pooler -> Dense, like the builders'.
+
+    `native_conv` makes the backbone's conv a `Conv2D` in `data_format`,
+    which for channels_first TensorFlow runs only with oneDNN or on a GPU.
+    """
     inner = keras.Input(image_shape(data_format))
-    backbone = keras.Model(
-        inner,
-        keras.layers.Conv2D(
+    if native_conv:
+        features = keras.layers.Conv2D(
             8, 3, strides=strides, padding="same", data_format=data_format
-        )(inner),
-        name="backbone",
-    )
+        )(inner)
+    else:
+        features = cpu_safe_conv2d(inner, 8, data_format, strides)
+    backbone = keras.Model(inner, features, name="backbone")
     inputs = keras.Input(image_shape(data_format))
     pooler = kgp.GlobalAttentionPooling(
         reduction=2,
@@ -88,6 +96,30 @@ def test_coarse_scores_are_upsampled_to_the_input(data_format):
     np.testing.assert_allclose(shown.max(axis=(1, 2)), 1.0, atol=1e-6)
     np.testing.assert_array_equal(
         np.argmax(shown.reshape(3, -1), axis=1), np.argmax(maps.reshape(3, -1), axis=1)
+    )
+
+
+def test_native_channels_first_gives_the_scores_or_says_why_not():
+    keras.utils.set_random_seed(2)
+    model, _, _ = attention_model("channels_first", strides=2, native_conv=True)
+    twin, twin_backbone, twin_pooler = attention_model("channels_last", strides=2)
+    twin.set_weights(model.get_weights())
+    images = random_images("channels_first")
+    try:
+        model.predict(images, verbose=0)
+    except tf.errors.UnimplementedError:
+        with pytest.raises(ValueError, match="uses channels_first convolutions"):
+            kgp.attention_maps(model, images)
+        return
+
+    maps = kgp.attention_maps(model, images)
+
+    # Conv2D kernels have one shape in both layouts, so the channels_last
+    # twin computes the same features, transposed.
+    twin_images = np.moveaxis(images, 1, -1)
+    coarse = hand_scores(twin_backbone, twin_pooler, twin_images, "channels_last")
+    np.testing.assert_allclose(
+        maps, resize_heatmaps(coarse, (SIZE, SIZE)), rtol=1e-4, atol=1e-7
     )
 
 

@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from viz_models import cpu_safe_conv2d
 
 import keras_globalpool as kgp
 from keras_globalpool.viz.cam import resolve_method
@@ -24,23 +26,30 @@ def random_images(data_format, count=3, size=SIZE):
     )
 
 
-def backbone_model(data_format, strides=1):
-    """A nested sub-model, as the builders put the backbone in the model."""
+def backbone_model(data_format, strides=1, native_conv=False):
+    """A nested sub-model, as the builders put the backbone in the model.
+
+    `native_conv` makes its conv a `Conv2D` in `data_format`, which for
+    channels_first TensorFlow can run only with oneDNN or on a GPU.
+    """
     inputs = keras.Input(image_shape(data_format))
-    features = keras.layers.Conv2D(
-        4, 3, strides=strides, padding="same", data_format=data_format
-    )(inputs)
+    if native_conv:
+        features = keras.layers.Conv2D(
+            4, 3, strides=strides, padding="same", data_format=data_format
+        )(inputs)
+    else:
+        features = cpu_safe_conv2d(inputs, 4, data_format, strides)
     return keras.Model(inputs, features, name="backbone")
 
 
-def classifier(data_format="channels_last", head=None, strides=1):
+def classifier(data_format="channels_last", head=None, strides=1, native_conv=False):
     """Input -> Rescaling -> backbone -> pooler -> head, like the builders'."""
     head = head or [
         kgp.GlobalAveragePooling(data_format=data_format, name="pooler"),
         keras.layers.Dropout(0.3, name="dropout"),
         keras.layers.Dense(3, activation="softmax", name="predictions"),
     ]
-    backbone = backbone_model(data_format, strides)
+    backbone = backbone_model(data_format, strides, native_conv)
     inputs = keras.Input(image_shape(data_format))
     x = backbone(keras.layers.Rescaling(0.5)(inputs))
     for layer in head:
@@ -190,6 +199,49 @@ class TestGradCAM:
         channel_weights = (active * w2[:, 2]) @ w1.T / (SIZE * SIZE)
         cams = np.einsum("bhwc,bc->bhw", features, channel_weights)
         np.testing.assert_allclose(maps, hand_minmax(np.maximum(cams, 0.0)), atol=1e-5)
+
+
+class TestNativeChannelsFirst:
+    """A channels_first `Conv2D`, which TensorFlow's CPU runs only with oneDNN."""
+
+    @pytest.mark.parametrize("method", ["cam", "gradcam"])
+    def test_gives_true_maps_or_says_why_not(self, method):
+        keras.utils.set_random_seed(10)
+        model, _ = classifier("channels_first", strides=2, native_conv=True)
+        twin, twin_backbone = classifier("channels_last", strides=2)
+        twin.set_weights(model.get_weights())
+        images = random_images("channels_first")
+        try:
+            model.predict(images, verbose=0)
+        except tf.errors.UnimplementedError:
+            with pytest.raises(ValueError, match="uses channels_first convolutions"):
+                kgp.class_activation_maps(model, images, [0, 2, 1], method)
+            return
+
+        maps = kgp.class_activation_maps(model, images, [0, 2, 1], method)
+
+        # Conv2D kernels have one shape in both layouts, so the
+        # channels_last twin computes the same features, transposed.
+        twin_images = np.moveaxis(images, 1, -1)
+        cam = hand_cam(twin, twin_backbone, twin_images, [0, 2, 1], "channels_last")
+        if method == "gradcam":
+            cam = np.maximum(cam, 0.0)
+        expected = hand_minmax(resize_heatmaps(cam, (SIZE, SIZE)))
+        np.testing.assert_allclose(maps, expected, atol=1e-5)
+
+    def test_other_unimplemented_errors_pass_through(self):
+        class Unimplemented(keras.layers.Layer):
+            def compute_output_spec(self, x):
+                return keras.KerasTensor(x.shape, x.dtype)
+
+            def call(self, x):
+                raise tf.errors.UnimplementedError(None, None, "no such kernel")
+
+        model, _ = classifier(
+            head=[Unimplemented(), kgp.GlobalAveragePooling(), keras.layers.Dense(2)]
+        )
+        with pytest.raises(tf.errors.UnimplementedError, match="no such kernel"):
+            kgp.class_activation_maps(model, random_images("channels_last"))
 
 
 def head(name):

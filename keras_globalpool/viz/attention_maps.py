@@ -11,6 +11,7 @@ from keras_globalpool.viz.heatmaps import (
     resize_heatmaps,
     spatial_size,
 )
+from keras_globalpool.viz.layout_errors import channels_first_cpu_errors
 from keras_globalpool.viz.pooling_graph import (
     data_format_of,
     find_pooling_layer,
@@ -44,6 +45,10 @@ def attention_maps(model, images, normalize=False, layer_name=None, batch_size=3
     Returns:
         float32 NumPy array of shape `(batch, height, width)`.
 
+    Raises:
+        ValueError: if the model has channels_first convolutions that
+            TensorFlow cannot run on this CPU (no oneDNN, no GPU).
+
     Example:
 
     >>> kgp.attention_maps(model, images).shape
@@ -59,10 +64,12 @@ def attention_maps(model, images, normalize=False, layer_name=None, batch_size=3
         )
     feature_model = keras.Model(model_input(model), image_feature_map(pool))
     maps = []
-    for start in range(0, len(images), batch_size):
-        features = feature_model(images[start : start + batch_size], training=False)
-        _, scores = pool(features, return_attention_scores=True)
-        maps.append(ops.convert_to_numpy(scores).astype("float32"))
+    with channels_first_cpu_errors(model):
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            features = feature_model(batch, training=False)
+            _, scores = pool(features, return_attention_scores=True)
+            maps.append(ops.convert_to_numpy(scores).astype("float32"))
     maps = resize_heatmaps(
         np.concatenate(maps), spatial_size(images, data_format_of(pool))
     )

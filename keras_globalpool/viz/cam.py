@@ -13,6 +13,7 @@ from keras_globalpool.viz.heatmaps import (
     resize_heatmaps,
     spatial_size,
 )
+from keras_globalpool.viz.layout_errors import channels_first_cpu_errors
 from keras_globalpool.viz.pooling_graph import (
     POOLER_NAME,
     POOLING_TYPES,
@@ -72,6 +73,10 @@ def class_activation_maps(
     Returns:
         float32 NumPy array of shape `(batch, height, width)` in [0, 1].
 
+    Raises:
+        ValueError: if the model has channels_first convolutions that
+            TensorFlow cannot run on this CPU (no oneDNN, no GPU).
+
     Example:
 
     >>> maps = kgp.class_activation_maps(model, images)
@@ -86,10 +91,11 @@ def class_activation_maps(
     make_explainer = _cam_explainer if method == "cam" else gradcam_explainer
     explain = make_explainer(model, pool, data_format)
     maps = []
-    for start in range(0, len(images), batch_size):
-        batch = slice(start, start + batch_size)
-        wanted = None if classes is None else classes[batch]
-        maps.append(explain(images[batch], wanted))
+    with channels_first_cpu_errors(model):
+        for start in range(0, len(images), batch_size):
+            batch = slice(start, start + batch_size)
+            wanted = None if classes is None else classes[batch]
+            maps.append(explain(images[batch], wanted))
     maps = resize_heatmaps(np.concatenate(maps), spatial_size(images, data_format))
     return normalize_heatmaps(maps)
 
