@@ -38,19 +38,36 @@ def _tiny_backbone():
     return keras.Model(inputs, x)
 
 
+def _trained_classifier(pooling):
+    """A classifier after a few `fit` steps on random images.
+
+    Its weights, BatchNorm statistics included, are ones training reaches:
+    random weights can hold a negative moving variance, which gives NaN.
+    """
+    keras.utils.set_random_seed(0)
+    model = kgp.build_classifier(
+        _tiny_backbone(),
+        5,
+        input_shape=SIZE,
+        pooling=pooling,
+        freeze_backbone=False,
+        freeze_batch_norm=False,
+        preprocessing="tf",
+    )
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0, 255, (32, *SIZE)).astype("float32")
+    model.fit(images, rng.integers(0, 5, 32), batch_size=8, epochs=2, verbose=0)
+    return model
+
+
 @pytest.fixture(scope="module", params=["attention", "mixed", "gem"])
-def served(request, tmp_path_factory):
+def exported(request, tmp_path_factory):
     import tensorflow as tf
 
-    model = kgp.build_classifier(
-        _tiny_backbone(), 5, input_shape=SIZE, pooling=request.param
-    )
-    rng = np.random.default_rng(0)
-    model.set_weights(
-        [rng.normal(scale=0.3, size=w.shape) for w in model.get_weights()]
-    )
+    model = _trained_classifier(request.param)
     path = kgp.export_saved_model(model, tmp_path_factory.mktemp("export"))
-    return tf.saved_model.load(path).signatures["serving_default"]
+    return model, tf.saved_model.load(path).signatures["serving_default"]
 
 
 def _batches():
@@ -66,9 +83,19 @@ def _call(serve, images):
     return {name: value.numpy() for name, value in outputs.items()}
 
 
-def test_many_threads_give_single_threaded_outputs(served):
+def test_many_threads_give_single_threaded_outputs(exported):
+    model, served = exported
     batches = _batches()
     expected = [_call(served, images) for images in batches]
+    for index, images in enumerate(batches):  # the model's own outputs
+        probabilities = model.predict(images, verbose=0)
+        assert np.isfinite(probabilities).all()
+        np.testing.assert_allclose(
+            expected[index]["probabilities"], probabilities, rtol=1e-5, atol=1e-7
+        )
+        np.testing.assert_array_equal(
+            expected[index]["class_ids"], probabilities.argmax(axis=-1)
+        )
     for index, images in enumerate(batches):  # deterministic to begin with
         for name, value in _call(served, images).items():
             np.testing.assert_array_equal(value, expected[index][name])
