@@ -175,7 +175,10 @@ def _write_pngs(root, sizes_by_class):
         (["--data", "{tmp}/missing"], "no such folder"),
         (["--data", "{tmp}/one_class"], r"at least 2 class subfolders.*\['a'\]"),
         (["--data", "{tmp}/mixed_sizes"], r"2 different sizes .*8x8.*9x6"),
-        (["--data", "{tmp}/six.npz", "--seeds", "3"], "seeds x classes = 3 x 3 = 9"),
+        (
+            ["--data", "{tmp}/six.npz", "--max-samples", "5"],
+            "`max_samples` must keep 2 images per class, 6 for 3 classes",
+        ),
     ],
 )
 def test_bad_arguments_are_explained(tmp_path, argv, message):

@@ -84,14 +84,6 @@ class TestSplits:
         assert len(subset.y) == 100
         np.testing.assert_array_equal(np.bincount(subset.y), [10] * 10)
 
-    def test_enough_samples_for_seeds_and_classes(self):
-        tiny = data.ImageDataset(
-            np.zeros((6, 4, 4, 1), "uint8"), np.arange(6) % 3, tuple("abc")
-        )
-        assert data.check_enough_samples(tiny, seeds=2) is tiny
-        with pytest.raises(ValueError, match=r"seeds x classes = 3 x 3 = 9 samples"):
-            data.check_enough_samples(tiny, seeds=3)
-
     def test_every_class_needs_two_samples(self):
         lonely = data.ImageDataset(
             np.zeros((5, 4, 4, 1), "uint8"), np.array([0, 0, 1, 1, 2]), tuple("abc")

@@ -5,7 +5,11 @@ from collections.abc import Callable
 
 import keras
 
-from keras_globalpool.builders.backbone_clone import clone_backbone
+from keras_globalpool.backend_support import (
+    channels_first_convolution,
+    check_channels_first_supported,
+)
+from keras_globalpool.builders.backbone_clone import clone_backbone, is_graph_model
 from keras_globalpool.builders.preprocessing import (
     PREPROCESSING_MODES,
     BackbonePreprocessing,
@@ -127,6 +131,20 @@ BACKBONES = {
 CUSTOM_BACKBONE = BackboneSpec(None, "none", 1, ())
 
 
+class _DefaultWeights(str):
+    """`"imagenet"`, as the builders' default `weights`: not given by the user."""
+
+
+# A name loads ImageNet weights by default; a model has its own weights, so
+# with a model only a `weights` the user gave is an error, told by identity.
+DEFAULT_WEIGHTS = _DefaultWeights("imagenet")
+
+
+def _channel_index():
+    """The channel's index in an `input_shape` without the batch axis."""
+    return -1 if keras.config.image_data_format() == "channels_last" else 0
+
+
 def _spatial_size(input_shape):
     if keras.config.image_data_format() == "channels_last":
         return tuple(input_shape[:2])
@@ -139,10 +157,40 @@ def _check_input_shape(name, spec, input_shape):
             "`input_shape` must be a tuple of 3 integers, such as (224, 224, 3). "
             f"Received: input_shape={input_shape}"
         )
+    if input_shape[_channel_index()] not in (1, 3):
+        raise ValueError(
+            "`input_shape` must have 3 channels (RGB) or 1 (grayscale, repeated "
+            f"to RGB inside the model) for backbone={name!r}; for other images, "
+            "pass your own keras.Model as `backbone`. "
+            f"Received: input_shape={input_shape}"
+        )
     if any(d is not None and d < spec.min_size for d in _spatial_size(input_shape)):
         raise ValueError(
             f"`input_shape` must be at least {spec.min_size}x{spec.min_size} "
             f"for backbone={name!r}. Received: input_shape={input_shape}"
+        )
+
+
+def _rgb(input_shape):
+    shape = list(input_shape)
+    shape[_channel_index()] = 3
+    return tuple(shape)
+
+
+def _as_functional(model, input_shape):
+    # A subclassed model (or a Sequential without an input yet) has no graph
+    # to clone; nested in one, it is cloned, or shared, as a single layer.
+    inputs = keras.Input(input_shape)
+    return keras.Model(inputs, model(inputs), name=model.name)
+
+
+def _check_weights_for_model(weights):
+    if weights is not DEFAULT_WEIGHTS and weights is not None:
+        raise ValueError(
+            "`weights` must be left out (or None) when `backbone` is a "
+            "keras.Model, which brings its own weights: load a file into it "
+            "with `backbone.load_weights(path)` before building. "
+            f"Received: weights={weights!r}"
         )
 
 
@@ -161,26 +209,39 @@ def _check_model(model, input_shape):
             "`input_shape` must match the backbone model's input shape "
             f"{expected}. Received: input_shape={input_shape}"
         )
+    convolution = channels_first_convolution(model)
+    if convolution is not None:
+        check_channels_first_supported(
+            f"The backbone model {model.name!r} (its layer {convolution.name!r})"
+        )
 
 
-def resolve_backbone(backbone, input_shape, weights):
+def resolve_backbone(backbone, input_shape, weights=DEFAULT_WEIGHTS):
     """Returns a backbone model and its spec, from a name or a model.
 
     Args:
         backbone: a `keras.applications` model name in `BACKBONES`, or a
-            `keras.Model`, returned unchanged.
+            `keras.Model`.
         input_shape: tuple of 3 ints. The image shape, without the batch.
+            For a name, 1 channel (grayscale) or 3; the model built takes 3.
         weights: `None`, `"imagenet"` or the path of a weights file, passed
-            to the `keras.applications` constructor; ignored for a model.
+            to the `keras.applications` constructor. Must be left out (or
+            `None`) for a model. Defaults to `"imagenet"`.
 
     Returns:
         `(model, spec)`: the backbone without its top, and its
-        `BackboneSpec` (`CUSTOM_BACKBONE` for a user's model).
+        `BackboneSpec` (`CUSTOM_BACKBONE` for a user's model). A
+        Functional or Sequential model is returned unchanged; another
+        model comes nested in a Functional one, its only layer.
     """
     input_shape = tuple(input_shape)
     if isinstance(backbone, keras.Model):
-        _check_model(backbone, input_shape)
-        return backbone, CUSTOM_BACKBONE
+        _check_weights_for_model(weights)
+        model = backbone
+        if not (is_graph_model(model) and model.built):
+            model = _as_functional(model, input_shape)
+        _check_model(model, input_shape)
+        return model, CUSTOM_BACKBONE
     if not isinstance(backbone, str) or backbone not in BACKBONES:
         names = ", ".join(repr(name) for name in sorted(BACKBONES))
         raise ValueError(
@@ -189,19 +250,42 @@ def resolve_backbone(backbone, input_shape, weights):
         )
     spec = BACKBONES[backbone]
     _check_input_shape(backbone, spec, input_shape)
+    data_format = keras.config.image_data_format()
+    if data_format == "channels_first":
+        check_channels_first_supported(
+            f"backbone={backbone!r} with keras.config.image_data_format()="
+            f"{data_format!r}"
+        )
     model = spec.constructor(
-        include_top=False, weights=weights, input_shape=input_shape
+        include_top=False, weights=weights, input_shape=_rgb(input_shape)
     )
     return model, spec
 
 
+def _images_to_backbone(input_shape, backbone_shape, preprocess):
+    index = _channel_index()
+    if input_shape[index] == backbone_shape[index]:
+        return preprocess
+    # Only a keras.applications backbone differs: grayscale images, RGB model.
+    to_rgb = keras.layers.Concatenate(
+        axis=index if index < 0 else index + 1, name="grayscale_to_rgb"
+    )
+    return lambda images: preprocess(to_rgb([images] * 3))
+
+
 def prepare_backbone(
-    model, preprocessing, freeze_backbone, outputs=None, freeze_batch_norm=True
+    model,
+    input_shape,
+    preprocessing,
+    freeze_backbone,
+    outputs=None,
+    freeze_batch_norm=True,
 ):
-    """The preprocessing layer and the `"backbone"` sub-model of a builder.
+    """The preprocessing and the `"backbone"` sub-model of a builder.
 
     Args:
         model: the backbone `keras.Model`, from `resolve_backbone`.
+        input_shape: tuple of 3 ints. The images' shape, without the batch.
         preprocessing: string, a `BackbonePreprocessing` mode.
         freeze_backbone: bool. Freeze every backbone weight.
         outputs: optional list of layer names whose outputs the sub-model
@@ -209,8 +293,12 @@ def prepare_backbone(
         freeze_batch_norm: bool. Keep BatchNorm in inference mode.
 
     Returns:
-        `(preprocessing_layer, backbone)`. The backbone, named `"backbone"`,
-        is `clone_backbone(model, freeze_batch_norm)`.
+        `(preprocess, backbone)`. `preprocess` maps the images tensor to
+        the backbone's input through the layer `"preprocessing"`, after
+        the layer `"grayscale_to_rgb"` (a `keras.layers.Concatenate` of
+        three copies) where grayscale images feed an RGB backbone. The
+        backbone, named `"backbone"`, is `clone_backbone(model,
+        freeze_batch_norm)`.
     """
     check_option("preprocessing", preprocessing, tuple(PREPROCESSING_MODES))
     clone = clone_backbone(model, freeze_batch_norm)
@@ -220,4 +308,9 @@ def prepare_backbone(
         features = [clone.get_layer(name).output for name in outputs]
     backbone = keras.Model(clone.inputs[0], features, name="backbone")
     backbone.trainable = not freeze_backbone
-    return BackbonePreprocessing(preprocessing, name="preprocessing"), backbone
+    preprocess = _images_to_backbone(
+        tuple(input_shape),
+        backbone.input_shape[1:],
+        BackbonePreprocessing(preprocessing, name="preprocessing"),
+    )
+    return preprocess, backbone

@@ -2,7 +2,11 @@
 
 import keras
 
-from keras_globalpool.builders.backbones import prepare_backbone, resolve_backbone
+from keras_globalpool.builders.backbones import (
+    DEFAULT_WEIGHTS,
+    prepare_backbone,
+    resolve_backbone,
+)
 from keras_globalpool.builders.head import (
     check_head_arguments,
     classification_head,
@@ -16,7 +20,7 @@ def build_classifier(
     *,
     input_shape=(224, 224, 3),
     pooling="avg",
-    weights="imagenet",
+    weights=DEFAULT_WEIGHTS,
     freeze_backbone=True,
     freeze_batch_norm=True,
     dropout=0.2,
@@ -31,6 +35,7 @@ def build_classifier(
 
     The transfer-learning model of the design notes in one call. The model
     takes raw images (0-255, float or uint8) and runs the layers
+    `grayscale_to_rgb` (for 1-channel images and a named backbone only),
     `preprocessing` (the backbone's own `preprocess_input`, as a
     serializable layer), `backbone` (a sub-model), `pooler`, `dropout`,
     the optional `hidden_1`, `hidden_dropout_1`, ... and `predictions`.
@@ -45,19 +50,28 @@ def build_classifier(
     Args:
         backbone: string or `keras.Model`. A `keras.applications` model name
             such as `"ResNet50"`, `"EfficientNetV2B0"` or `"DenseNet121"`
-            (see `kgp.BACKBONES`), built without its top; or a Functional or
-            Sequential model that outputs a feature map.
+            (see `kgp.BACKBONES`), built without its top; or a model that
+            outputs a feature map. A Functional or Sequential model is
+            copied with its BatchNorm frozen; a layer that cannot be copied
+            from its config (a `Lambda`, some custom layers) is shared with
+            it. A subclassed model holding BatchNorm needs
+            `freeze_batch_norm=False`.
         num_classes: int >= 1. The number of classes.
         input_shape: tuple of 3 ints. The image shape without the batch
             axis, at least the backbone's minimum size (32, or 71 for
-            Xception and 75 for Inception). Defaults to `(224, 224, 3)`.
+            Xception and 75 for Inception). With a name, 3 channels or 1:
+            grayscale images are repeated to RGB inside the model, by the
+            layer `grayscale_to_rgb`. Defaults to `(224, 224, 3)`.
         pooling: a `kgp.get` identifier (`"avg"`, `"max"`, `"mixed"`,
             `"attention"`, `"gem"`, a serialized layer dict or a layer used
             as a template), or `"flatten"` for the classic Flatten + Dense
-            baseline. Defaults to `"avg"`.
+            baseline. A layer must pool to a vector: a kgp pooling,
+            `keras.layers.GlobalAveragePooling2D`, `GlobalMaxPooling2D` or
+            `Flatten`, without `keepdims`. Defaults to `"avg"`.
         weights: `None` (random), `"imagenet"`, or the path of a weights file
-            for the `keras.applications` model without its top. Ignored when
-            `backbone` is a model. Defaults to `"imagenet"`.
+            for the `keras.applications` model without its top. Leave it out
+            (or `None`) when `backbone` is a model, which has its own.
+            Defaults to `"imagenet"`.
         freeze_backbone: bool. Freeze the backbone so only the head trains.
             Defaults to `True`.
         freeze_batch_norm: bool. Keep every backbone BatchNorm in inference
@@ -99,6 +113,7 @@ def build_classifier(
     base, spec = resolve_backbone(backbone, input_shape, weights)
     preprocess, backbone_model = prepare_backbone(
         base,
+        input_shape,
         preprocessing or spec.preprocessing,
         freeze_backbone,
         freeze_batch_norm=freeze_batch_norm,

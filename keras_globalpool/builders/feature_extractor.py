@@ -2,7 +2,11 @@
 
 import keras
 
-from keras_globalpool.builders.backbones import prepare_backbone, resolve_backbone
+from keras_globalpool.builders.backbones import (
+    DEFAULT_WEIGHTS,
+    prepare_backbone,
+    resolve_backbone,
+)
 from keras_globalpool.builders.head import make_pooler
 
 
@@ -11,7 +15,7 @@ def build_feature_extractor(
     *,
     input_shape=(224, 224, 3),
     pooling="gem",
-    weights="imagenet",
+    weights=DEFAULT_WEIGHTS,
     normalize=True,
     freeze_backbone=True,
     freeze_batch_norm=True,
@@ -30,11 +34,12 @@ def build_feature_extractor(
 
     Args:
         backbone: string or `keras.Model`. A `keras.applications` model name
-            (see `kgp.BACKBONES`) or a Functional or Sequential model.
-        input_shape: tuple of 3 ints. Defaults to `(224, 224, 3)`.
+            (see `kgp.BACKBONES`) or a model, as in `build_classifier`.
+        input_shape: tuple of 3 ints; with a name, 1 channel (grayscale,
+            repeated to RGB) or 3. Defaults to `(224, 224, 3)`.
         pooling: a `kgp.get` identifier or `"flatten"`. Defaults to `"gem"`.
-        weights: `None`, `"imagenet"` or the path of a weights file. Defaults
-            to `"imagenet"`.
+        weights: `None`, `"imagenet"` or the path of a weights file; leave
+            it out (or `None`) for a model. Defaults to `"imagenet"`.
         normalize: bool. L2-normalize the embeddings. Defaults to `True`.
         freeze_backbone: bool. Defaults to `True`.
         freeze_batch_norm: bool. Keep every backbone BatchNorm in inference
@@ -61,6 +66,7 @@ def build_feature_extractor(
     base, spec = resolve_backbone(backbone, input_shape, weights)
     preprocess, backbone_model = prepare_backbone(
         base,
+        input_shape,
         preprocessing or spec.preprocessing,
         freeze_backbone,
         freeze_batch_norm=freeze_batch_norm,

@@ -2,7 +2,12 @@
 
 import keras
 
+from keras_globalpool.builders.backbone_clone import graph_leaves
 from keras_globalpool.builders.head import is_positive_int
+
+
+def _is_batch_norm(layer):
+    return isinstance(layer, keras.layers.BatchNormalization)
 
 
 def unfreeze_backbone(model, num_layers=None):
@@ -13,14 +18,17 @@ def unfreeze_backbone(model, num_layers=None):
     recompile with a learning rate about ten times lower, and train again.
     Recompiling is required for the change to take effect. BatchNorm layers
     stay frozen: they keep their moving statistics and their `gamma` and
-    `beta`, since a small dataset estimates both badly.
+    `beta`, since a small dataset estimates both badly. Nested Functional
+    and Sequential blocks count by their own layers; a BatchNorm inside a
+    custom layer or a subclassed model stays frozen too.
 
     Args:
         model: a model from `kgp.build_classifier` or the other builders, or
             any model with a sub-model named `"backbone"`.
         num_layers: optional int >= 1. Unfreeze only the top `num_layers`
-            backbone layers that hold weights (BatchNorm layers count, and
-            stay frozen). Defaults to `None`: every layer.
+            backbone layers that hold weights, in the backbone's order,
+            nested blocks' layers included (BatchNorm layers count, and stay
+            frozen). Defaults to `None`: every layer.
 
     Returns:
         The list of the backbone layers made trainable.
@@ -42,14 +50,16 @@ def unfreeze_backbone(model, num_layers=None):
             f"Received: num_layers={num_layers!r}"
         )
     backbone = model.get_layer("backbone")
-    weighted = [layer for layer in backbone.layers if layer.weights]
+    weighted = [layer for layer in graph_leaves(backbone) if layer.weights]
     top = weighted if num_layers is None else weighted[-num_layers:]
     backbone.trainable = True
     for layer in weighted:
         layer.trainable = False
-    unfrozen = [
-        layer for layer in top if not isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    unfrozen = [layer for layer in top if not _is_batch_norm(layer)]
     for layer in unfrozen:
         layer.trainable = True
+        # Setting `trainable` reaches every sublayer of a custom layer.
+        for sublayer in layer._flatten_layers():
+            if _is_batch_norm(sublayer):
+                sublayer.trainable = False
     return unfrozen

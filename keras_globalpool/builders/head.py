@@ -4,10 +4,29 @@ import numbers
 
 import keras
 
+from keras_globalpool.layers import BaseGlobalPooling
 from keras_globalpool.registry import POOLINGS, get
 
 # The classic baseline the pooling heads replace, by name, next to the poolings.
 POOLING_CHOICES = {**POOLINGS, "flatten": keras.layers.Flatten}
+# The layers a head can take as a template, besides `kgp.BaseGlobalPooling`'s.
+KERAS_POOLERS = (
+    keras.layers.Flatten,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+)
+
+
+def _check_pools(template, pooling):
+    pools = isinstance(template, (BaseGlobalPooling, *KERAS_POOLERS))
+    if not pools or getattr(template, "keepdims", False):
+        raise ValueError(
+            "`pooling` must turn a feature map into a vector: a kgp pooling "
+            "layer (a `kgp.BaseGlobalPooling` subclass), "
+            "keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D "
+            "or keras.layers.Flatten, with keepdims=False. "
+            f"Received: pooling={pooling!r}"
+        )
 
 
 def make_pooler(pooling, name):
@@ -18,13 +37,22 @@ def make_pooler(pooling, name):
             `"flatten"`), a serialized layer dict, or a layer instance. A dict
             or an instance is a template: the layer returned is a fresh copy
             made from its config, so one template can pool several stages.
+            It must be a `kgp.BaseGlobalPooling` subclass or one of
+            `KERAS_POOLERS`, without `keepdims`.
         name: string. The new layer's name.
 
     Returns:
         A `keras.layers.Layer`.
+
+    Example:
+
+    >>> from keras_globalpool.builders.head import make_pooler
+    >>> make_pooler(kgp.GlobalGeMPooling(p=4.0), name="pooler").p
+    4.0
     """
     if isinstance(pooling, (dict, keras.layers.Layer)):
         template = get(pooling)
+        _check_pools(template, pooling)
     elif isinstance(pooling, str) and pooling in POOLING_CHOICES:
         template = POOLING_CHOICES[pooling]()
     else:

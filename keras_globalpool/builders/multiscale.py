@@ -2,7 +2,11 @@
 
 import keras
 
-from keras_globalpool.builders.backbones import prepare_backbone, resolve_backbone
+from keras_globalpool.builders.backbones import (
+    DEFAULT_WEIGHTS,
+    prepare_backbone,
+    resolve_backbone,
+)
 from keras_globalpool.builders.head import (
     check_head_arguments,
     classification_head,
@@ -37,7 +41,7 @@ def build_multiscale_classifier(
     stages=None,
     input_shape=(224, 224, 3),
     pooling="avg",
-    weights="imagenet",
+    weights=DEFAULT_WEIGHTS,
     freeze_backbone=True,
     freeze_batch_norm=True,
     dropout=0.2,
@@ -60,18 +64,19 @@ def build_multiscale_classifier(
 
     Args:
         backbone: string or `keras.Model`. A `keras.applications` model name
-            (see `kgp.BACKBONES`) or a Functional or Sequential model.
+            (see `kgp.BACKBONES`) or a model, as in `build_classifier`.
         num_classes: int >= 1. The number of classes.
         stages: optional list of layer names of the backbone whose outputs
             are pooled, in order. Defaults to the registry's stages at
             strides 8 and 16 followed by the backbone's output (for
             `"ResNet50"`: `conv3_block4_out`, `conv4_block6_out` and
             `conv5_block3_out`); required for a model.
-        input_shape: tuple of 3 ints. Defaults to `(224, 224, 3)`.
+        input_shape: tuple of 3 ints; with a name, 1 channel (grayscale,
+            repeated to RGB) or 3. Defaults to `(224, 224, 3)`.
         pooling: a `kgp.get` identifier or `"flatten"`; a fresh layer is made
             for every stage. Defaults to `"avg"`.
-        weights: `None`, `"imagenet"` or the path of a weights file. Defaults
-            to `"imagenet"`.
+        weights: `None`, `"imagenet"` or the path of a weights file; leave
+            it out (or `None`) for a model. Defaults to `"imagenet"`.
         freeze_backbone: bool. Defaults to `True`.
         freeze_batch_norm: bool. Keep every backbone BatchNorm in inference
             mode, its moving statistics fixed even after unfreezing, as
@@ -104,6 +109,7 @@ def build_multiscale_classifier(
     stage_names = _stage_names(base, spec, stages)
     preprocess, backbone_model = prepare_backbone(
         base,
+        input_shape,
         preprocessing or spec.preprocessing,
         freeze_backbone,
         stage_names,

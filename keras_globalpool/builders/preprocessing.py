@@ -47,6 +47,8 @@ PREPROCESSING_MODES = {
     "torch": torch_preprocess,
     "none": no_preprocess,
 }
+# The modes with one statistic per RGB channel.
+RGB_MODES = ("caffe", "torch")
 
 
 @keras.saving.register_keras_serializable(package="keras_globalpool")
@@ -72,6 +74,7 @@ class BackbonePreprocessing(keras.layers.Layer):
     Input shape:
         `(batch, height, width, 3)` with `"channels_last"`,
         `(batch, 3, height, width)` with `"channels_first"`; RGB order.
+        `"tf"` and `"none"` take any number of channels.
 
     Output shape:
         The input shape.
@@ -91,10 +94,21 @@ class BackbonePreprocessing(keras.layers.Layer):
         self.mode = check_option("mode", mode, tuple(PREPROCESSING_MODES))
         self.data_format = check_option("data_format", data_format, DATA_FORMATS)
 
+    def build(self, input_shape):
+        channels = input_shape[self._channel_axis()]
+        if self.mode in RGB_MODES and channels not in (None, 3):
+            raise ValueError(
+                f"BackbonePreprocessing(mode={self.mode!r}) needs 3 channels, "
+                'RGB, in its input; "tf" and "none" take any number. '
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
-        channel_axis = -1 if self.data_format == "channels_last" else 1
-        return PREPROCESSING_MODES[self.mode](x, channel_axis)
+        return PREPROCESSING_MODES[self.mode](x, self._channel_axis())
+
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 1
 
     def compute_output_shape(self, input_shape):
         return input_shape

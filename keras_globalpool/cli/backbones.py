@@ -4,6 +4,7 @@ import keras
 
 from keras_globalpool.builders.backbones import BACKBONES
 from keras_globalpool.builders.classifier import build_classifier
+from keras_globalpool.cli.interruption import is_interruption
 
 SMALL_CNN = "small-cnn"
 SMALL_CNN_WIDTHS = (16, 32, 64, 64)
@@ -99,14 +100,39 @@ def build_model(backbone, pooling, input_shape, num_classes, weights):
     Returns:
         An uncompiled `keras.Model`.
     """
+    name = backbone
     if backbone == SMALL_CNN:
         backbone = small_cnn(input_shape)
-    return build_classifier(
-        backbone,
-        num_classes,
-        input_shape=input_shape,
-        pooling=pooling,
-        weights=weights,
-        freeze_backbone=weights is not None,
-        freeze_batch_norm=weights is not None,
+    try:
+        return build_classifier(
+            backbone,
+            num_classes,
+            input_shape=input_shape,
+            pooling=pooling,
+            weights=weights,
+            freeze_backbone=weights is not None,
+            freeze_batch_norm=weights is not None,
+        )
+    except Exception as error:
+        # Bad shapes and names are already explained; Ctrl-C is no error.
+        shape_error = isinstance(error, ValueError) and weights == "imagenet"
+        if weights is None or shape_error or is_interruption(error):
+            raise
+        raise _weights_error(name, weights, error) from error
+
+
+def _weights_error(backbone, weights, error):
+    """A `ValueError` saying which weights failed to load, and what to do."""
+    reason = " ".join(str(error).split())
+    if weights == "imagenet":
+        # Keras raises a bare `Exception("URL fetch failure ...")` offline.
+        return ValueError(
+            f"The ImageNet weights of {backbone} could not be downloaded or read "
+            f"({reason}). Connect to the internet once (Keras keeps them in "
+            "~/.keras/models/), pass a weights file with `--weights FILE`, or "
+            "train from scratch with `--weights none`"
+        )
+    return ValueError(
+        f"`weights` must be a weights file of {backbone} that Keras can load. "
+        f"Received: weights={weights!r}: {reason}"
     )

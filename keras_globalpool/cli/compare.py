@@ -1,9 +1,12 @@
 """`compare`: train one backbone once per head and measure every head alike."""
 
 import dataclasses
+import math
+import numbers
 import os
 import pathlib
 import platform
+import shutil
 import sys
 import time
 
@@ -14,10 +17,17 @@ import tensorflow as tf
 from keras_globalpool import data as kgp_data
 from keras_globalpool.cached import split_at_pooler
 from keras_globalpool.cli.backbones import SMALL_CNN, build_model, check_backbone
+from keras_globalpool.cli.interruption import is_interruption
 from keras_globalpool.cli.measure import latency_ms, memory_meter
+from keras_globalpool.cli.outputs import (
+    check_new_run,
+    check_run_name,
+    prepare_run_folders,
+)
 from keras_globalpool.cli.progress import EpochProgress, run_progress
 from keras_globalpool.cli.report import HeadResult, write_report
 from keras_globalpool.cli.training import TRAINERS
+from keras_globalpool.data.dataset import MIN_PER_CLASS
 from keras_globalpool.export import export_saved_model
 from keras_globalpool.registry import POOLINGS
 from keras_globalpool.viz.overlay_grid import head_heatmaps
@@ -26,6 +36,33 @@ from keras_globalpool.viz.overlay_grid import head_heatmaps
 HEADS = ("flatten", *POOLINGS)
 # How many test images the report's heatmap grid shows.
 OVERLAY_IMAGES = 4
+
+
+def check_learning_rate(learning_rate):
+    """Raises a Keras-style `ValueError` unless `learning_rate` is finite and > 0.
+
+    Args:
+        learning_rate: a real number.
+
+    Returns:
+        `learning_rate`, unchanged.
+
+    Example:
+
+    >>> from keras_globalpool.cli.compare import check_learning_rate
+    >>> check_learning_rate(3e-4)
+    0.0003
+    """
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, numbers.Real)
+        or not (math.isfinite(learning_rate) and learning_rate > 0)
+    ):
+        raise ValueError(
+            "`learning_rate` must be a finite number > 0. "
+            f"Received: learning_rate={learning_rate!r}"
+        )
+    return learning_rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,13 +81,16 @@ class CompareSettings:
         epochs: int. Epochs per training.
         seeds: int. Trainings per head, with seeds 0, 1, ...
         batch_size: int.
-        learning_rate: float. Adam's learning rate.
+        learning_rate: float > 0. Adam's learning rate.
         test_fraction: float. The share of images held out for testing.
         max_samples: optional int. Keep at most this many images (stratified).
-        run_name: string. Names the report and export folders.
+        run_name: string. Names the report and export folders: one folder
+            name of letters, digits, `.`, `_` and `-`.
         report_dir: string. The report goes to `report_dir/run_name/`.
         saved_models: string. Models go to `saved_models/run_name/<head>/`.
         export: bool. Save and export each head's first-seed model.
+        overwrite: bool. Replace the folders of an earlier run of the same
+            name; without it, such a run is refused.
     """
 
     data: str = "translated-digits"
@@ -70,6 +110,7 @@ class CompareSettings:
     report_dir: str = "reports"
     saved_models: str = "saved_models"
     export: bool = True
+    overwrite: bool = False
 
     def __post_init__(self):
         unknown = [head for head in self.heads if head not in HEADS]
@@ -89,6 +130,8 @@ class CompareSettings:
                 raise ValueError(
                     f"`{name}` must be an integer >= 1. Received: {name}={value!r}"
                 )
+        check_learning_rate(self.learning_rate)
+        check_run_name(self.run_name)
         check_backbone(self.backbone, self.weights)
 
     @property
@@ -105,8 +148,15 @@ def load_splits(settings):
     """
     dataset = kgp_data.load(settings.data, image_size=settings.image_size)
     if settings.max_samples is not None:
+        least = MIN_PER_CLASS * dataset.num_classes
+        if settings.max_samples < least:
+            raise ValueError(
+                f"`max_samples` must keep {MIN_PER_CLASS} images per class, "
+                f"{least} for {dataset.num_classes} classes. "
+                f"Received: max_samples={settings.max_samples}"
+            )
         dataset = kgp_data.stratified_subset(dataset, settings.max_samples)
-    kgp_data.check_enough_samples(dataset, settings.seeds)
+    kgp_data.check_enough_samples(dataset)
     if settings.image_size is not None:
         dataset = kgp_data.resize(dataset, settings.image_size)
     if settings.backbone != SMALL_CNN:
@@ -198,11 +248,16 @@ def _export(model, settings, head):
     folder = pathlib.Path(settings.saved_models) / settings.run_name / head
     folder.mkdir(parents=True, exist_ok=True)
     keras_path = folder / "model.keras"
-    model.save(keras_path)
-    return {
-        "keras": str(keras_path),
-        "saved_model": export_saved_model(model, folder),
-    }
+    try:
+        model.save(keras_path)
+        return {
+            "keras": str(keras_path),
+            "saved_model": export_saved_model(model, folder),
+        }
+    except BaseException:
+        # A head is exported whole or not at all, even on Ctrl-C.
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 class _Comparison:
@@ -322,8 +377,11 @@ def _write(report_dir, comparison, status, results):
 def run_compare(settings, console, command=None):
     """Trains and measures every head, writing the report after each one.
 
-    A `KeyboardInterrupt` (Ctrl-C) stops the run; the heads finished so far
-    stay in the report, marked interrupted.
+    The run's folders are checked before the data load (an earlier run of
+    the same name is refused unless `settings.overwrite`) and created and
+    test-written before any training. A `KeyboardInterrupt` (Ctrl-C), even
+    one TensorFlow wrapped in another error, stops the run; the heads
+    finished so far stay in the report, marked interrupted.
 
     Args:
         settings: `CompareSettings`.
@@ -334,14 +392,15 @@ def run_compare(settings, console, command=None):
     Returns:
         `CompareOutcome`.
     """
+    check_new_run(settings, HEADS)
     train, test = load_splits(settings)
+    report_dir = prepare_run_folders(settings, HEADS)["report_dir"]
     if command is None:
         command = " ".join(["keras-globalpool", *sys.argv[1:]])
     comparison = _Comparison(settings, train, test, command)
-    comparison.trainer.prepare(lambda: comparison.model(settings.heads[0], seed=0))
-    report_dir = pathlib.Path(settings.report_dir) / settings.run_name
     results, status = [], "interrupted"
     try:
+        comparison.trainer.prepare(lambda: comparison.model(settings.heads[0], seed=0))
         with run_progress(console) as progress:
             runs = progress.add_task("runs", total=len(settings.heads) * settings.seeds)
             epochs = progress.add_task("epochs", total=settings.epochs)
@@ -349,7 +408,9 @@ def run_compare(settings, console, command=None):
                 results.append(comparison.run_head(head, progress, runs, epochs))
                 _write(report_dir, comparison, "running", results)
         status = "complete"
-    except KeyboardInterrupt:
+    except BaseException as error:
+        if not is_interruption(error):
+            raise
         console.print("[bold]Interrupted:[/] keeping the heads that finished.")
     _write(report_dir, comparison, status, results)
     return CompareOutcome(results, report_dir, status != "complete")

@@ -7,8 +7,14 @@ import tensorflow as tf
 from rich.console import Console
 
 from keras_globalpool.cli.backbones import SMALL_CNN
-from keras_globalpool.cli.compare import HEADS, CompareSettings, run_compare
+from keras_globalpool.cli.compare import (
+    HEADS,
+    CompareSettings,
+    check_learning_rate,
+    run_compare,
+)
 from keras_globalpool.cli.export_command import export_keras_file
+from keras_globalpool.cli.interruption import is_interruption
 from keras_globalpool.cli.report import console_table, summary
 from keras_globalpool.data.sources import DATASETS
 from keras_globalpool.viz.explain import add_explain_parser
@@ -26,8 +32,26 @@ def _positive_int(text):
     return value
 
 
+def _learning_rate(text):
+    try:
+        return check_learning_rate(float(text))
+    except ValueError as error:  # Not a number, or not a usable rate.
+        message = f"must be a finite number > 0, got {text}"
+        raise argparse.ArgumentTypeError(message) from error
+
+
 def _heads(text):
-    return [head for head in text.split(",") if head]
+    heads = [head for head in text.split(",") if head]
+    if not heads:
+        raise argparse.ArgumentTypeError(f"must name at least one head, got {text!r}")
+    return heads
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad argument in one line, as every other bad input is."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _add_compare(commands):
@@ -43,8 +67,10 @@ def _add_compare(commands):
     parser.add_argument(
         "--data",
         default="translated-digits",
-        help=f"one of {', '.join(DATASETS)}, a folder of class subfolders, or a "
-        ".npz file with arrays x and y (default: translated-digits)",
+        help="a folder of class subfolders (hidden files and folders, whose "
+        "names start with '.', are skipped), a .npz file with arrays x and y, or "
+        f"a built-in data set: {', '.join(DATASETS)} (default: translated-digits); "
+        "an existing path wins over a built-in name",
     )
     parser.add_argument(
         "--image-size", type=_positive_int, help="resize images to this square size"
@@ -76,7 +102,9 @@ def _add_compare(commands):
         help=f"trainings per head, for mean ± std (default {CompareSettings.seeds})",
     )
     parser.add_argument("--batch-size", type=_positive_int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--learning-rate", type=_learning_rate, default=1e-3, help="default 0.001"
+    )
     parser.add_argument(
         "--max-samples", type=_positive_int, help="keep at most this many images"
     )
@@ -86,7 +114,11 @@ def _add_compare(commands):
         help="smoke test: {epochs} epochs, {seeds} seed, at most {max_samples} "
         "images, unless given explicitly".format(**QUICK),
     )
-    parser.add_argument("--run-name", help="names the folders (default: a timestamp)")
+    parser.add_argument(
+        "--run-name",
+        help="names the folders: letters, digits, '.', '_' and '-' (default: a "
+        "timestamp); an earlier run's name is refused unless --overwrite",
+    )
     parser.add_argument(
         "--report-dir", default="reports", help="reports go to REPORT_DIR/RUN_NAME"
     )
@@ -97,6 +129,12 @@ def _add_compare(commands):
     )
     parser.add_argument(
         "--no-export", action="store_true", help="skip saving and exporting models"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run of the same --run-name: its report folder "
+        "and, when exporting, its models folder are deleted before training",
     )
     parser.set_defaults(handler=_compare)
 
@@ -117,7 +155,7 @@ def _add_export(commands):
 
 def build_parser():
     """The argument parser of `keras-globalpool`."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-globalpool",
         description=(
             "Compare global-pooling heads on your images, export models for TF "
@@ -139,7 +177,7 @@ def settings_from(args):
         weights = None if args.backbone == SMALL_CNN else "imagenet"
     elif weights.lower() == "none":
         weights = None
-    optional = {"run_name": args.run_name} if args.run_name else {}
+    optional = {} if args.run_name is None else {"run_name": args.run_name}
     return CompareSettings(
         data=args.data,
         image_size=args.image_size,
@@ -154,6 +192,7 @@ def settings_from(args):
         report_dir=args.report_dir,
         saved_models=args.saved_models,
         export=not args.no_export,
+        overwrite=args.overwrite,
         **optional,
     )
 
@@ -191,18 +230,27 @@ def _explain(args, console, argv):
 def main(argv=None):
     """Runs `keras-globalpool` with `argv` (default: the process's arguments).
 
+    Every bad input, from a bad option to an unreadable image, prints one
+    line, `keras-globalpool <command>: error: ...`, to stderr.
+
     Returns:
-        The exit code: 0 on success, 2 for bad arguments (an existing
-        export version included), 130 when interrupted.
+        The exit code: 0 on success, 2 for bad input, 130 when interrupted.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad argument already reported.
+        return stop.code
     console = Console(width=None if sys.stdout.isatty() else 150)
     try:
         return args.handler(args, console, argv)
-    except (ValueError, FileExistsError) as error:
-        print(f"keras-globalpool {args.command}: error: {error}", file=sys.stderr)
+    except BaseException as error:
+        # Before any head finished, or outside `compare`: nothing to keep.
+        if is_interruption(error):
+            print(f"keras-globalpool {args.command}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if not isinstance(error, (ValueError, OSError, ImportError)):
+            raise
+        message = " ".join(str(error).split())
+        print(f"keras-globalpool {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:  # Before any head finished: nothing to keep.
-        print(f"keras-globalpool {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED

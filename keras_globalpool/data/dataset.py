@@ -58,15 +58,25 @@ class ImageDataset:
         return dataclasses.replace(self, x=self.x[indices], y=self.y[indices])
 
 
-def check_enough_samples(dataset, seeds=1):
-    """Raises a `ValueError` unless `dataset` can be split and run `seeds` times.
+def check_enough_samples(dataset):
+    """Raises a `ValueError` unless `dataset` can be split for training and testing.
+
+    It needs 2 classes or more and `MIN_PER_CLASS` (2) images of each, one
+    for each side of `stratified_split`. How many seeds a run trains does
+    not matter: every seed trains on the same split.
 
     Args:
         dataset: `ImageDataset`.
-        seeds: int. How many runs each head gets.
 
     Returns:
         `dataset`, unchanged.
+
+    Example:
+
+    >>> data = kgp.data.ImageDataset(
+    ...     np.zeros((4, 8, 8, 1), "uint8"), np.array([0, 1, 0, 1]), ("a", "b"))
+    >>> kgp.data.check_enough_samples(data) is data
+    True
     """
     if dataset.num_classes < 2:
         raise ValueError(
@@ -74,12 +84,6 @@ def check_enough_samples(dataset, seeds=1):
             f"Received: {dataset.num_classes} class(es) in {dataset.description!r}"
         )
     counts = np.bincount(dataset.y, minlength=dataset.num_classes)
-    if len(dataset.y) < seeds * dataset.num_classes:
-        raise ValueError(
-            f"The data needs at least seeds x classes = {seeds} x "
-            f"{dataset.num_classes} = {seeds * dataset.num_classes} samples. "
-            f"Received: {len(dataset.y)} samples in {dataset.description!r}"
-        )
     sparse = {
         name: int(count)
         for name, count in zip(dataset.class_names, counts, strict=True)

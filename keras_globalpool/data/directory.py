@@ -1,4 +1,9 @@
-"""Images from a folder of class subfolders, read by Keras."""
+"""Images from a folder of class subfolders, decoded as Keras decodes them.
+
+Hidden entries, whose names start with `.`, are skipped at every level:
+they are not the user's images but what tools leave behind, such as
+macOS's `._cat.png` AppleDouble files or a `.thumbnails` folder.
+"""
 
 import collections
 import pathlib
@@ -6,22 +11,41 @@ import pathlib
 import numpy as np
 
 from keras_globalpool.data.dataset import ImageDataset
+from keras_globalpool.data.transforms import size_pair
 
 # The formats `keras.utils.image_dataset_from_directory` reads.
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 _GRAYSCALE_MODES = ("1", "L", "I", "I;16")
 
 
+def _visible(path, root):
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def _class_images(root):
-    """Maps each class subfolder's name to its image files, sorted."""
+    """Maps each visible class subfolder's name to its image files, sorted."""
     classes = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name.startswith("."):
+            continue
         files = sorted(
-            p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+            p
+            for p in folder.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES
+            and p.is_file()
+            and _visible(p, folder)
         )
         if files:
             classes[folder.name] = files
     return classes
+
+
+def _unreadable(path, reason):
+    return ValueError(
+        "Every image under the data folder must be readable. Received: "
+        f"{str(path)!r}, {reason}. Remove or repair it (files and folders "
+        "whose names start with '.' are skipped)"
+    )
 
 
 def _image_modes(files):
@@ -31,10 +55,29 @@ def _image_modes(files):
     sizes = collections.defaultdict(list)
     modes = set()
     for path in files:
-        with Image.open(path) as image:  # Reads the header only.
-            sizes[image.size].append(path)
-            modes.add(image.mode)
+        try:
+            with Image.open(path) as image:  # Reads the header only.
+                sizes[image.size].append(path)
+                modes.add(image.mode)
+        except (OSError, Image.DecompressionBombError) as error:
+            reason = f"which is not an image Pillow can open: {error}"
+            raise _unreadable(path, reason) from error
     return sizes, modes
+
+
+def _decode(path, image_size, channels):
+    """One image as `uint8` (height, width, channels), as Keras's loader reads it."""
+    import tensorflow as tf
+
+    try:
+        image = tf.io.decode_image(
+            tf.io.read_file(str(path)), channels=channels, expand_animations=False
+        )
+    except tf.errors.OpError as error:
+        raise _unreadable(path, f"which cannot be decoded: {error.message}") from error
+    if tuple(image.shape[:2]) != image_size:
+        image = tf.image.resize(image, image_size, method="bilinear")
+    return np.round(np.clip(image.numpy(), 0, 255)).astype("uint8")
 
 
 def _mismatch_message(root, sizes):
@@ -52,9 +95,11 @@ def _mismatch_message(root, sizes):
 def load_directory(path, image_size=None):
     """Loads every image under `path/<class name>/` into memory.
 
-    The subfolders' names, sorted, are the classes. Images are read with
-    `keras.utils.image_dataset_from_directory`, as grayscale when every file
-    is grayscale and as RGB otherwise.
+    The subfolders' names, sorted, are the classes; files and folders whose
+    names start with `.` are skipped. Images are decoded as
+    `keras.utils.image_dataset_from_directory` decodes them, as grayscale
+    when every file is grayscale and as RGB otherwise, and resized
+    bilinearly when `image_size` asks for it.
 
     Args:
         path: string or `pathlib.Path`. A folder with at least 2 class
@@ -65,14 +110,22 @@ def load_directory(path, image_size=None):
     Returns:
         `ImageDataset` with `uint8` images.
 
+    Raises:
+        ValueError: fewer than 2 classes, images of several sizes without
+            `image_size`, or a file that is not a readable image (named).
+
     Example:
 
-    >>> data = kgp.data.load_directory("flowers/", image_size=96)
-    >>> data.class_names
-    ('daisy', 'rose')
+    >>> import os
+    >>> for name in ("daisy", "rose"):
+    ...     os.makedirs(f"flowers/{name}", exist_ok=True)
+    ...     for index in range(2):
+    ...         keras.utils.save_img(
+    ...             f"flowers/{name}/{index}.png", np.zeros((8, 8, 3), "uint8"))
+    >>> data = kgp.data.load_directory("flowers/", image_size=4)
+    >>> data.class_names, data.x.shape
+    (('daisy', 'rose'), (4, 4, 4, 3))
     """
-    import keras
-
     root = pathlib.Path(path)
     if not root.is_dir():
         raise ValueError(
@@ -86,30 +139,20 @@ def load_directory(path, image_size=None):
             f"({', '.join(IMAGE_SUFFIXES)}). Received: path={str(path)!r} with "
             f"{len(classes)}: {sorted(classes)}"
         )
-    sizes, modes = _image_modes([f for files in classes.values() for f in files])
+    files = [f for class_files in classes.values() for f in class_files]
+    sizes, modes = _image_modes(files)
     if image_size is None:
         if len(sizes) > 1:
             raise ValueError(_mismatch_message(root, sizes))
         width, height = next(iter(sizes))
         image_size = (height, width)
-    elif isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    grayscale = modes <= set(_GRAYSCALE_MODES)
-    images = keras.utils.image_dataset_from_directory(
-        root,
-        labels="inferred",
-        label_mode="int",
-        class_names=list(classes),
-        color_mode="grayscale" if grayscale else "rgb",
-        batch_size=None,
-        image_size=tuple(image_size),
-        shuffle=False,
-        verbose=False,
-    )
-    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in images), strict=True)
+    image_size = size_pair(image_size)
+    channels = 1 if modes <= set(_GRAYSCALE_MODES) else 3
+    x = np.stack([_decode(f, image_size, channels) for f in files])
+    y = np.repeat(np.arange(len(classes)), [len(f) for f in classes.values()])
     return ImageDataset(
-        x=np.round(np.clip(np.stack(xs), 0, 255)).astype("uint8"),
-        y=np.asarray(ys, dtype="int64"),
+        x=x,
+        y=y.astype("int64"),
         class_names=tuple(classes),
         description=f"folder {str(root)!r}, {image_size[0]}x{image_size[1]}",
     )

@@ -13,13 +13,18 @@ DATASETS = {
 
 
 def load(source="translated-digits", image_size=None):
-    """Loads a data set by name, from a folder, or from a `.npz` file.
+    """Loads a data set from a folder, a `.npz` file, or by name.
+
+    A path that exists always wins: a folder named `digits` in the current
+    folder is the user's data, not the built-in digits. A built-in name is
+    used only when no file or folder of that name exists.
 
     Args:
-        source: string or `pathlib.Path`. `"translated-digits"` or
-            `"digits"` (both embedded, see `load_translated_digits` and
-            `load_digits`), a folder of class subfolders (`load_directory`)
-            or a `.npz` file (`load_npz`). Defaults to `"translated-digits"`.
+        source: string or `pathlib.Path`. A folder of class subfolders
+            (`load_directory`), a `.npz` file (`load_npz`), or
+            `"translated-digits"` or `"digits"` (both embedded, see
+            `load_translated_digits` and `load_digits`). Defaults to
+            `"translated-digits"`.
         image_size: optional int or `(height, width)`. For folders: resize
             every image on loading. Defaults to `None`.
 
@@ -31,13 +36,20 @@ def load(source="translated-digits", image_size=None):
     >>> kgp.data.load("digits").num_classes
     10
     """
-    if str(source) in DATASETS:
-        return DATASETS[str(source)]()
     path = pathlib.Path(source)
-    if path.suffix.lower() == ".npz":
-        return load_npz(path)
     if path.is_dir():
         return load_directory(path, image_size=image_size)
+    is_npz = path.suffix.lower() == ".npz"
+    if path.exists() and not is_npz:
+        raise ValueError(
+            "`data` must be a folder of class subfolders or a .npz file. "
+            f"Received: data={str(source)!r}, a file that exists but is neither "
+            "(an existing path wins over a built-in data set of the same name)"
+        )
+    if is_npz:
+        return load_npz(path)
+    if str(source) in DATASETS:
+        return DATASETS[str(source)]()
     names = ", ".join(repr(name) for name in DATASETS)
     raise ValueError(
         f"`data` must be one of {{{names}}}, a folder of class subfolders or a "

@@ -5,7 +5,21 @@ import dataclasses
 import numpy as np
 
 
-def _size_pair(image_size):
+def size_pair(image_size):
+    """`image_size` as a `(height, width)` tuple, or a Keras-style `ValueError`.
+
+    Args:
+        image_size: int or `(height, width)`, each an int >= 1.
+
+    Returns:
+        Tuple `(height, width)`.
+
+    Example:
+
+    >>> from keras_globalpool.data.transforms import size_pair
+    >>> size_pair(32), size_pair((24, 32))
+    ((32, 32), (24, 32))
+    """
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     if len(image_size) != 2 or not all(
@@ -36,7 +50,7 @@ def resize(dataset, image_size, batch_size=256):
     """
     import keras
 
-    size = _size_pair(image_size)
+    size = size_pair(image_size)
     if dataset.image_shape[:2] == size:
         return dataset
     resized = [

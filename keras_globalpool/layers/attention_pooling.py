@@ -98,6 +98,7 @@ class GlobalAttentionPooling(BaseGlobalPooling):
     def build(self, input_shape):
         super().build(input_shape)
         channels = self._known_channels(input_shape)
+        self._set_input_spec(channels)
         units = max(channels // self.reduction, 1)
         self.hidden_kernel = self._kernel("hidden_kernel", (channels, units))
         self.hidden_bias = self._bias("hidden_bias", (units,))
@@ -158,6 +159,8 @@ class GlobalAttentionPooling(BaseGlobalPooling):
         return pooled, self._finish(ops.squeeze(weights, axis=channel_axis))
 
     def compute_output_spec(self, inputs, mask=None, return_attention_scores=False):
+        if mask is not None:
+            self._check_mask(inputs, mask)
         pooled = keras.KerasTensor(
             self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
         )

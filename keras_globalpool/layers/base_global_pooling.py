@@ -1,10 +1,13 @@
 """The base class every keras-globalpool layer shares."""
 
 import keras
+import numpy as np
 from keras import ops
 
 _RANKS = (3, 4, 5)
 _LOW_PRECISION = ("float16", "bfloat16")
+_FLOATS = (*_LOW_PRECISION, "float32", "float64")
+_POLICIES = (*_FLOATS, "mixed_float16", "mixed_bfloat16")
 DATA_FORMATS = ("channels_last", "channels_first")
 
 
@@ -41,7 +44,16 @@ class BaseGlobalPooling(keras.layers.Layer):
     channels that hold it give NaN (every channel, for attention); `inf`
     follows NumPy too. Masked positions never matter, whatever they hold. A
     static spatial size of 0 raises a `ValueError` in `build`; a sample with
-    nothing to pool at run time, fully masked or of size 0, gives zeros.
+    nothing to pool at run time, fully masked or of size 0, gives zeros; a
+    batch of no sample gives a batch of no sample.
+
+    It also refuses what would fail later or silently: a dtype policy that is
+    not floating-point (integer inputs are cast instead), a mask whose shape
+    is not the input's `(batch, *spatial)`, and a weights file whose values
+    are not finite (`load_own_variables`; subclasses add their own rules in
+    `_check_loaded_weight`). Once built, its `input_spec` holds the rank to
+    3 to 5, and to the channel count for layers whose weights are sized by
+    it.
 
     Args:
         data_format: string, `"channels_last"` or `"channels_first"`.
@@ -56,6 +68,7 @@ class BaseGlobalPooling(keras.layers.Layer):
 
     def __init__(self, data_format=None, keepdims=False, **kwargs):
         super().__init__(**kwargs)
+        self._check_dtype_policy()
         if data_format is None:
             data_format = keras.config.image_data_format()
         self.data_format = check_option("data_format", data_format, DATA_FORMATS)
@@ -110,6 +123,21 @@ class BaseGlobalPooling(keras.layers.Layer):
 
     def build(self, input_shape):
         self._check_input_shape(input_shape)
+        self._set_input_spec()
+
+    def _set_input_spec(self, channels=None):
+        """Lets Keras refuse, with its own message, inputs the layer cannot take.
+
+        Args:
+            channels: the channel count the layer's weights are sized by, or
+                None for a layer that takes any.
+        """
+        axes = None
+        if channels is not None:
+            axes = {-1 if self.data_format == "channels_last" else 1: channels}
+        self.input_spec = keras.layers.InputSpec(
+            min_ndim=min(_RANKS), max_ndim=max(_RANKS), axes=axes
+        )
 
     def compute_output_shape(self, input_shape):
         self._check_input_shape(input_shape)
@@ -124,6 +152,12 @@ class BaseGlobalPooling(keras.layers.Layer):
             return (input_shape[0],) + spatial + (channels,)
         return (input_shape[0], channels) + spatial
 
+    def compute_output_spec(self, inputs, mask=None, **kwargs):
+        # Symbolic calls take `compute_output_shape`, not `call`: check here too.
+        if mask is not None:
+            self._check_mask(inputs, mask)
+        return super().compute_output_spec(inputs, mask=mask, **kwargs)
+
     def compute_mask(self, inputs, mask=None):
         return None
 
@@ -135,6 +169,41 @@ class BaseGlobalPooling(keras.layers.Layer):
         dtype = keras.backend.standardize_dtype(self.compute_dtype)
         return "float32" if dtype in _LOW_PRECISION else dtype
 
+    def _check_dtype_policy(self):
+        """Refuses integer and boolean policies, which fail only when called."""
+        dtypes = (self.compute_dtype, self.variable_dtype)
+        if all(keras.backend.standardize_dtype(d) in _FLOATS for d in dtypes):
+            return
+        choices = "{" + ", ".join(repr(p) for p in _POLICIES) + "}"
+        raise ValueError(
+            f"`dtype` must be a floating-point dtype or policy, one of {choices}, "
+            "or `None` for the global policy; integer inputs are cast to it. "
+            f"Received: dtype={self.dtype_policy.name!r}"
+        )
+
+    def _check_mask(self, inputs, mask):
+        """Refuses a mask that is not shaped `(batch, *spatial)` like `inputs`.
+
+        A mask that merely broadcasts would change the output's shape, or
+        fail inside the backend. Sizes unknown until run time are not
+        compared.
+        """
+        input_shape = tuple(inputs.shape)
+        mask_shape = tuple(mask.shape)
+        spatial = self._spatial_axes(len(input_shape))
+        expected = (input_shape[0], *(input_shape[axis] for axis in spatial))
+        if len(mask_shape) == len(expected) and all(
+            m is None or e is None or m == e
+            for m, e in zip(mask_shape, expected, strict=True)
+        ):
+            return
+        raise ValueError(
+            f"`{type(self).__name__}` needs a `mask` of the input's shape "
+            f"without its channel axis, (batch, *spatial) = {expected} "
+            f"(data_format={self.data_format!r}). "
+            f"Received: mask.shape={mask_shape}, inputs.shape={input_shape}"
+        )
+
     def _prepare(self, inputs, mask):
         """Casts `inputs` for reduction and broadcasts `mask` against them.
 
@@ -143,6 +212,8 @@ class BaseGlobalPooling(keras.layers.Layer):
             zeroed, the boolean mask with a channel axis of size 1 (or None),
             and the spatial axes.
         """
+        if mask is not None:
+            self._check_mask(inputs, mask)
         x = ops.cast(inputs, self.reduction_dtype)
         rank = len(x.shape)
         axes = self._spatial_axes(rank)
@@ -153,6 +224,37 @@ class BaseGlobalPooling(keras.layers.Layer):
 
     def _finish(self, outputs):
         return ops.cast(outputs, self.compute_dtype)
+
+    # === Loading ===
+
+    def load_own_variables(self, store):
+        # Keras assigns whatever the file holds, and a NaN, an inf or (for
+        # GeM's p) a negative value would poison every output silently. The
+        # values are checked before any is assigned, so a refused file leaves
+        # the layer as it was; a missing or misshapen one is Keras's to refuse.
+        keys = set(store.keys())
+        for index, variable in enumerate(self.weights):
+            if str(index) in keys:
+                value = np.asarray(store[str(index)])  # host data, not layer math
+                self._check_loaded_weight(variable.name, value)
+        super().load_own_variables(store)
+
+    def _check_loaded_weight(self, name, value):
+        """Raises unless `value` may be loaded into the weight `name`.
+
+        Args:
+            name: string. The weight's name.
+            value: NumPy array read from the file.
+        """
+        if not np.all(np.isfinite(value)):
+            self._refuse_weight(name, value, "finite")
+
+    def _refuse_weight(self, name, value, rule):
+        shown = value.item() if value.size == 1 else value
+        raise ValueError(
+            f"Layer '{self.name}' ({type(self).__name__}) cannot load its "
+            f"weights: `{name}` must be {rule}. Received: {name}={shown}"
+        )
 
     def get_config(self):
         config = super().get_config()

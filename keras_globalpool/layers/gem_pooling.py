@@ -3,13 +3,14 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_globalpool import ops as pool_ops
 from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
+from keras_globalpool.layers.constraints import ValueRange
 
-# A trainable `p` is floored here in `call`, so a large gradient step can
-# never take it to zero or below, where the formula has no meaning.
+# The smallest `p` training leaves: at 0 and below the formula has no meaning.
 P_FLOOR = 1e-3
 
 
@@ -32,8 +33,16 @@ class GlobalGeMPooling(BaseGlobalPooling):
     `eps` (negative ones and `-inf` included) are clamped to `eps`; NaN
     propagates and `+inf` gives `+inf`. The layer works in
     log space, so neither a large `p` nor float16 inputs overflow, and an
-    all-zero input has finite gradients. A trainable `p` is floored at
-    `1e-3` when used.
+    all-zero input has finite gradients. The sum of powers is blocked (see
+    `keras_globalpool.ops`): its error does not grow with the map size, and
+    enters the output divided by `p`.
+
+    Training keeps `p` at or above `1e-3`: the weight carries a `ValueRange`
+    constraint, which Keras applies after every optimizer step, so however
+    large a step is, `p` ends it valid and keeps its gradient. A `p` below
+    `1e-3` that did not come from training (a constructor value, an
+    `assign`) is used as `1e-3`. A weights file whose `p` is NaN, infinite
+    or not positive is refused with a `ValueError`.
 
     Args:
         p: finite float > 0. The initial exponent. Defaults to `3.0`.
@@ -97,12 +106,20 @@ class GlobalGeMPooling(BaseGlobalPooling):
             shape=(),
             initializer=keras.initializers.Constant(self.p),
             trainable=self.trainable_p,
+            constraint=ValueRange(min_value=P_FLOOR),
             autocast=False,  # p is used in float32 even under mixed precision
         )
+
+    def _check_loaded_weight(self, name, value):
+        super()._check_loaded_weight(name, value)
+        if name == "p" and not np.all(value > 0):
+            self._refuse_weight(name, value, "a finite number > 0")
 
     def call(self, inputs, mask=None):
         x, mask, axes = self._prepare(inputs, mask)
         p = ops.cast(self.p_weight, x.dtype)
+        # Only a `p` set by hand is below the floor: training's constraint
+        # keeps it above, where this passes the gradient through.
         p = ops.where(p < P_FLOOR, P_FLOOR, p)  # not `maximum`: float64 on torch
         pooled = pool_ops.global_gem_pool(x, p, axes, mask, self.eps, self.keepdims)
         return self._finish(pooled)

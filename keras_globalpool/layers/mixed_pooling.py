@@ -8,6 +8,7 @@ from keras_globalpool.layers.base_global_pooling import (
     BaseGlobalPooling,
     check_option,
 )
+from keras_globalpool.layers.constraints import ValueRange
 
 MODES = ("concat", "mean", "learned")
 
@@ -20,7 +21,11 @@ class GlobalMixedPooling(BaseGlobalPooling):
     its peak. `"concat"` (timm's `catavgmax`) stacks `[avg, max]` along the
     channel axis, giving twice the channels; `"mean"` gives
     `0.5 * (avg + max)`; `"learned"` gives `g * avg + (1 - g) * max` with a
-    trainable per-channel gate `g`, clipped to [0, 1] and initialized at 0.5.
+    trainable per-channel gate `g`, initialized at 0.5. Training keeps the
+    gate in [0, 1]: it carries a `ValueRange` constraint, applied after
+    every optimizer step, so it keeps its gradient at any step size; a gate
+    set by hand outside [0, 1] is clipped when used, and a weights file
+    with a NaN or infinite gate is refused with a `ValueError`.
 
     Args:
         mode: string, one of `"concat"`, `"mean"`, `"learned"`. Defaults to
@@ -62,10 +67,13 @@ class GlobalMixedPooling(BaseGlobalPooling):
     def build(self, input_shape):
         super().build(input_shape)
         if self.mode == "learned":
+            channels = self._known_channels(input_shape)
+            self._set_input_spec(channels)
             self.gate = self.add_weight(
                 name="gate",
-                shape=(self._known_channels(input_shape),),
+                shape=(channels,),
                 initializer=keras.initializers.Constant(0.5),
+                constraint=ValueRange(min_value=0.0, max_value=1.0),
                 autocast=False,  # mixed in float32 even under mixed precision
             )
 
@@ -77,6 +85,8 @@ class GlobalMixedPooling(BaseGlobalPooling):
             return self._finish(ops.concatenate([avg, peak], axis=channel_axis))
         if self.mode == "mean":
             return self._finish(0.5 * (avg + peak))
+        # The constraint keeps a trained gate in [0, 1], where the clip passes
+        # the gradient; it only clips gates set by hand.
         gate = ops.clip(ops.cast(self.gate, avg.dtype), 0.0, 1.0)
         if channel_axis != len(avg.shape) - 1:
             gate = ops.reshape(gate, (-1,) + (1,) * (len(avg.shape) - 2))

@@ -1,11 +1,11 @@
 """The `explain` subcommand: heatmap overlays for a saved model's predictions."""
 
-import collections
 import pathlib
 
 import keras
 import numpy as np
 from keras import ops
+from PIL import Image
 
 from keras_globalpool.layers import GlobalAttentionPooling
 from keras_globalpool.registry import custom_objects
@@ -24,7 +24,9 @@ from keras_globalpool.viz.pooling_graph import data_format_of, model_input
 _COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
 
 
-def explain(model_path, image_paths, out_dir, class_index=None, method="auto"):
+def explain(
+    model_path, image_paths, out_dir, class_index=None, method="auto", overwrite=False
+):
     """Writes heatmap overlays that explain a saved model's predictions.
 
     For each image it writes `{stem}_cam.png` or `{stem}_gradcam.png`, the
@@ -34,8 +36,11 @@ def explain(model_path, image_paths, out_dir, class_index=None, method="auto"):
     `{stem}_attention.png`, the attention scores scaled to [0, 1]. Images
     are resized to the model's input size when it has one and fed as 0-255
     floats, as models that rescale inside themselves (such as
-    `kgp.build_classifier`'s) expect. A repeated file stem gets a `-1`,
-    `-2`, ... suffix. Needs matplotlib: `pip install "keras-globalpool[viz]"`.
+    `kgp.build_classifier`'s) expect. Each image gets its own names (see
+    `output_stems`). The model and every image are read, and every output
+    checked, before anything is written: an existing file is replaced only
+    with `overwrite=True`, and an input image never. Needs matplotlib:
+    `pip install "keras-globalpool[viz]"`.
 
     Args:
         model_path: string or path-like. A `.keras` file.
@@ -45,57 +50,133 @@ def explain(model_path, image_paths, out_dir, class_index=None, method="auto"):
             predicted one.
         method: string, one of `"auto"`, `"cam"`, `"gradcam"`. Defaults to
             `"auto"`.
+        overwrite: bool. Replace output files that exist. Defaults to
+            `False`: an existing output is refused.
 
     Returns:
         list of `pathlib.Path`, the PNGs written.
 
+    Raises:
+        ValueError: a model or image that cannot be read (named), or an
+            output that exists (without `overwrite`) or is an input image.
+
     Example:
 
-    >>> explain("model.keras", ["cat.png"], "out")
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3)(inputs)
+    >>> x = kgp.GlobalAveragePooling(name="pooler")(x)
+    >>> keras.Model(inputs, keras.layers.Dense(2)(x)).save("model.keras")
+    >>> keras.utils.save_img("cat.png", np.zeros((8, 8, 3), "uint8"))
+    >>> explain("model.keras", ["cat.png"], "out", overwrite=True)
     [PosixPath('out/cat_cam.png')]
     """
     require_matplotlib()
-    model = keras.models.load_model(model_path, custom_objects=custom_objects())
+    image_paths = [pathlib.Path(path) for path in image_paths]
+    model = _load_model(model_path)
     method = resolve_method(model, method)
     data_format = data_format_of(explained_layer(model))
     has_attention = any(
         isinstance(layer, GlobalAttentionPooling) for layer in model.layers
     )
+    images = [_load_image(path, model, data_format) for path in image_paths]
+    kinds = (method, "attention") if has_attention else (method,)
     out_dir = pathlib.Path(out_dir)
+    outputs = [
+        {kind: out_dir / f"{stem}_{kind}.png" for kind in kinds}
+        for stem in output_stems(image_paths)
+    ]
+    _check_outputs(
+        [path for paths in outputs for path in paths.values()], image_paths, overwrite
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems = collections.Counter()
     written = []
-    for image_path in map(pathlib.Path, image_paths):
-        image = _load_image(image_path, model, data_format)[None]
+    for image_path, image, paths in zip(image_paths, images, outputs, strict=True):
+        image = image[None]
         scores = ops.convert_to_numpy(model(image, training=False))[0]
         target = int(np.argmax(scores)) if class_index is None else class_index
         heatmap = class_activation_maps(model, image, target, method)[0]
-        stem = image_path.stem
-        if stems[stem]:
-            stem = f"{stem}-{stems[image_path.stem]}"
-        stems[image_path.stem] += 1
         title = f"{image_path.name}: class {target} (score {scores[target]:.2f})"
-        path = out_dir / f"{stem}_{method}.png"
         save_overlay(
             image[0],
             heatmap,
-            path,
+            paths[method],
             title=f"{title}, {METHOD_LABELS[method]}",
             data_format=data_format,
         )
-        written.append(path)
+        written.append(paths[method])
         if has_attention:
-            path = out_dir / f"{stem}_attention.png"
             heatmap = attention_maps(model, image, normalize=True)[0]
             save_overlay(
                 image[0],
                 heatmap,
-                path,
+                paths["attention"],
                 title=f"{title}, attention",
                 data_format=data_format,
             )
-            written.append(path)
+            written.append(paths["attention"])
     return written
+
+
+def output_stems(image_paths):
+    """One distinct output name stem per image, however the inputs are named.
+
+    An image keeps its file's stem unless an earlier image took it; a
+    repeat gets `-1`, `-2`, ..., skipping every stem an input has, so
+    `a.png`, `a.jpg` and `a-1.png` give `a`, `a-2` and `a-1`. Stems are
+    compared case-insensitively, as macOS and Windows compare file names.
+
+    Args:
+        image_paths: list of `pathlib.Path`.
+
+    Returns:
+        list of strings, one per image.
+
+    Example:
+
+    >>> output_stems([pathlib.Path(p) for p in ["a.png", "a.jpg", "a-1.png"]])
+    ['a', 'a-2', 'a-1']
+    """
+    own = {path.stem.casefold() for path in image_paths}
+    taken, stems = set(), []
+    for path in image_paths:
+        stem, number = path.stem, 0
+        while stem.casefold() in taken or (number and stem.casefold() in own):
+            number += 1
+            stem = f"{path.stem}-{number}"
+        taken.add(stem.casefold())
+        stems.append(stem)
+    return stems
+
+
+def _check_outputs(outputs, inputs, overwrite):
+    """Raises a `ValueError` before an output could replace a file it must not."""
+    resolved_inputs = {path.resolve() for path in inputs}
+    for path in outputs:
+        if path.resolve() in resolved_inputs:
+            raise ValueError(
+                "`--out` must not be where an output replaces an input image. "
+                f"Received: {str(path)!r}, which is both; choose another `--out`"
+            )
+    existing = [str(path) for path in outputs if path.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise ValueError(
+            "`--out` must not hold the outputs already. Received: "
+            f"{existing[0]!r}{more}, which exist; pass `--overwrite` to replace "
+            "them, or choose another `--out`"
+        )
+
+
+def _load_model(path):
+    try:
+        return keras.models.load_model(path, custom_objects=custom_objects())
+    except Exception as error:
+        # A broken file fails anywhere inside Keras, with any error type.
+        reason = " ".join(str(error).split())
+        raise ValueError(
+            "`model` must be a .keras file Keras can load. Received: "
+            f"model={str(path)!r}: {type(error).__name__}: {reason}"
+        ) from error
 
 
 def _load_image(path, model, data_format):
@@ -106,10 +187,17 @@ def _load_image(path, model, data_format):
     else:
         channels, height, width = shape
     size = None if height is None or width is None else (height, width)
-    image = keras.utils.load_img(
-        path, color_mode=_COLOR_MODES.get(channels, "rgb"), target_size=size
-    )
-    return keras.utils.img_to_array(image, data_format=data_format)
+    try:
+        image = keras.utils.load_img(
+            path, color_mode=_COLOR_MODES.get(channels, "rgb"), target_size=size
+        )
+        # Pillow decodes lazily: a truncated file fails only here.
+        return keras.utils.img_to_array(image, data_format=data_format)
+    except (OSError, Image.DecompressionBombError) as error:
+        reason = error.strerror if getattr(error, "strerror", None) else error
+        raise ValueError(
+            f"`images` must be readable image files. Received: {str(path)!r}: {reason}"
+        ) from error
 
 
 def add_explain_parser(subparsers):
@@ -124,10 +212,14 @@ def add_explain_parser(subparsers):
 
     Example:
 
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser(prog="keras-globalpool")
     >>> subparsers = parser.add_subparsers(dest="command", required=True)
-    >>> add_explain_parser(subparsers)
+    >>> add_explain_parser(subparsers).prog
+    'keras-globalpool explain'
     >>> args = parser.parse_args(["explain", "m.keras", "a.png", "--out", "o"])
-    >>> args.func(args)
+    >>> args.images, args.overwrite, args.func is run_explain
+    (['a.png'], False, True)
     """
     parser = subparsers.add_parser(
         "explain",
@@ -140,7 +232,18 @@ def add_explain_parser(subparsers):
     )
     parser.add_argument("model", help="A saved .keras model.")
     parser.add_argument("images", nargs="+", help="Image files to explain.")
-    parser.add_argument("--out", required=True, help="Output directory.")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="Output directory. Each image gets its own names (a repeated name "
+        "gets -1, -2, ...); existing files are refused unless --overwrite, and "
+        "an input image is never overwritten.",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace output files that already exist.",
+    )
     parser.add_argument(
         "--class-index",
         type=int,
@@ -158,9 +261,34 @@ def add_explain_parser(subparsers):
 
 
 def run_explain(args):
-    """Runs `explain` for parsed arguments and prints the files written."""
+    """Runs `explain` for parsed arguments and prints the files written.
+
+    Args:
+        args: the `argparse.Namespace` of the `explain` subcommand.
+
+    Returns:
+        int. The exit status, 0.
+
+    Example:
+
+    >>> import argparse
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = kgp.GlobalAveragePooling(name="pooler")(keras.layers.Conv2D(4, 3)(inputs))
+    >>> keras.Model(inputs, keras.layers.Dense(2)(x)).save("m.keras")
+    >>> keras.utils.save_img("dog.png", np.zeros((8, 8, 3), "uint8"))
+    >>> run_explain(argparse.Namespace(
+    ...     model="m.keras", images=["dog.png"], out="o", class_index=None,
+    ...     method="auto", overwrite=False))
+    o/dog_cam.png
+    0
+    """
     for path in explain(
-        args.model, args.images, args.out, args.class_index, args.method
+        args.model,
+        args.images,
+        args.out,
+        args.class_index,
+        args.method,
+        overwrite=args.overwrite,
     ):
         print(path)
     return 0
