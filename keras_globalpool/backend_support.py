@@ -70,7 +70,7 @@ def check_channels_first_supported(context):
             "backend cannot run on this machine: without a GPU or oneDNN, "
             "TensorFlow's CPU Conv2D takes only channels_last (NHWC) inputs. "
             "Use channels_last (`keras.config.set_image_data_format("
-            "'channels_last'`) and channels_last layers), run on a GPU, or use "
+            "'channels_last')` and channels_last layers), run on a GPU, or use "
             "the JAX or PyTorch backend."
         )
 
