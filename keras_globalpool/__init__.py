@@ -25,6 +25,7 @@ from keras_globalpool.layers import (
     GlobalMixedPooling,
 )
 from keras_globalpool.registry import POOLINGS, custom_objects, get
+from keras_globalpool.safe_loading import load_model
 from keras_globalpool.viz import (
     PooledFeatureMonitor,
     attention_maps,
@@ -58,6 +59,7 @@ __all__ = [
     "export_saved_model",
     "fit_cached",
     "get",
+    "load_model",
     "ops",
     "predict_cached",
     "reference",
