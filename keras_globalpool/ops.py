@@ -339,7 +339,9 @@ def global_gem_pool(x, p, axes, mask=None, eps=1e-6, keepdims=False):
     # The mean term is in (0, 1]; 1 / 1 where nothing is valid keeps the log
     # and its gradient finite.
     log_mean = ops.log(_nonzero(total) / _nonzero(count)) + peak
-    pooled = _where_valid(ops.exp(log_mean / p), axes, mask, keepdims=True)
+    # Zeros where nothing is valid: fully masked, or a size that turns out 0.
+    pooled = ops.exp(log_mean / p)
+    pooled = ops.where(count > 0, pooled, ops.zeros_like(pooled))
     return pooled if keepdims else ops.squeeze(pooled, axis=axes)
 
 

@@ -164,3 +164,42 @@ def test_subcommand_rejects_an_unknown_method(capsys):
             ["explain", "m.keras", "a.png", "--out", "o", "--method", "x"]
         )
     assert "invalid choice: 'x'" in capsys.readouterr().err
+
+
+def test_native_channels_first_model_explains_or_says_why_not(tmp_path, capsys):
+    """TensorFlow's CPU runs a channels_first `Conv2D` only with oneDNN."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((3, 8, 8))
+    x = keras.layers.Conv2D(4, 3, data_format="channels_first")(inputs)
+    x = kgp.GlobalAveragePooling(data_format="channels_first", name="pooler")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    model.save(tmp_path / "m.keras")
+    (image_path,) = save_images(tmp_path, ["c.png"])
+    pixels = keras.utils.img_to_array(
+        keras.utils.load_img(image_path), data_format="channels_first"
+    )
+    try:
+        model.predict(pixels[None], verbose=0)
+        runs_here = True
+    except Exception as error:  # TensorFlow's UnimplementedError on this CPU.
+        assert "NHWC" in str(error), error
+        runs_here = False
+
+    code = main(
+        [
+            "explain",
+            str(tmp_path / "m.keras"),
+            str(image_path),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+
+    err = capsys.readouterr().err
+    if runs_here:
+        assert code == 0, err
+        assert (tmp_path / "out" / "c_cam.png").read_bytes()[:8] == PNG_SIGNATURE
+    else:
+        assert code == 2
+        assert err.count("\n") == 1, err
+        assert "uses channels_first convolutions" in err

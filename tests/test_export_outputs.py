@@ -18,6 +18,7 @@ import pytest
 
 import keras_globalpool as kgp
 from keras_globalpool.cli.export_command import export_keras_file
+from keras_globalpool.cli.main import main
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -225,15 +226,37 @@ class TestSeveralOutputs:
         )
 
 
-def test_export_command_passes_the_threshold(tmp_path):
+@pytest.mark.parametrize("through", ["function", "command line"])
+def test_export_command_passes_the_threshold(tmp_path, through):
     model = _known_classifier(1, "sigmoid")
     model.save(tmp_path / "model.keras")
-    path = export_keras_file(tmp_path / "model.keras", tmp_path / "out", threshold=0.7)
+    if through == "function":
+        path = export_keras_file(
+            tmp_path / "model.keras", tmp_path / "out", threshold=0.7
+        )
+    else:
+        argv = ["export", str(tmp_path / "model.keras"), str(tmp_path / "out")]
+        assert main([*argv, "--threshold", "0.7"]) == 0
+        path = tmp_path / "out" / "1"
     images = _constant_images(_logit(PROBABILITIES))
     expected = model.predict(images, verbose=0)[:, 0]
     np.testing.assert_array_equal(
-        _load(path)(images)["class_ids"], (expected >= 0.7).astype(np.int64)
+        _load(str(path))(images)["class_ids"], (expected >= 0.7).astype(np.int64)
     )
+
+
+@pytest.mark.parametrize("threshold", ["1.5", "0", "nan"])
+def test_export_command_refuses_a_bad_threshold_in_one_line(
+    tmp_path, capsys, threshold
+):
+    _known_classifier(1, "sigmoid").save(tmp_path / "model.keras")
+    argv = ["export", str(tmp_path / "model.keras"), str(tmp_path / "out")]
+    assert main([*argv, "--threshold", threshold]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("keras-globalpool export: error: ")
+    assert "threshold" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_several_inputs_are_refused(tmp_path):

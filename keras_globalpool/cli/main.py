@@ -150,6 +150,13 @@ def _add_export(commands):
     parser.add_argument(
         "--version", type=int, help="version folder (default: the next free number)"
     )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="for a sigmoid head: the probability at or above which class_ids "
+        "or labels is 1 (default 0.5; a number in (0, 1))",
+    )
     parser.set_defaults(handler=_export)
 
 
@@ -218,7 +225,9 @@ def _compare(args, console, argv):
 
 
 def _export(args, console, argv):
-    path = export_keras_file(args.model, args.out_dir, version=args.version)
+    path = export_keras_file(
+        args.model, args.out_dir, version=args.version, threshold=args.threshold
+    )
     console.print(f"SavedModel for TF Serving: {path}")
     return 0
 

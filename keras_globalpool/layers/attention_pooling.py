@@ -26,7 +26,9 @@ class GlobalAttentionPooling(BaseGlobalPooling):
     each channel's result lies between that channel's minimum and maximum.
     Finite inputs always give finite weights, even where the branch
     overflows; a NaN at a valid position makes that sample's output and
-    scores NaN, since every weight depends on it.
+    scores NaN, since every weight depends on it. The weights' normalizer
+    and the weighted sum are blocked sums (see `keras_globalpool.ops`), so
+    their rounding error does not grow with the map size.
 
     Args:
         reduction: int >= 1. The bottleneck's channel reduction. Defaults to

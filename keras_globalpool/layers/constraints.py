@@ -24,8 +24,9 @@ class ValueRange(keras.constraints.Constraint):
     Example:
 
     >>> constraint = kgp.layers.ValueRange(min_value=0.0, max_value=1.0)
-    >>> keras.ops.convert_to_numpy(constraint(np.array([-5.0, 0.3, 7.0])))
-    array([0. , 0.3, 1. ])
+    >>> w = np.array([-5.0, 0.25, 7.0], "float32")
+    >>> keras.ops.convert_to_numpy(constraint(w)).tolist()
+    [0.0, 0.25, 1.0]
     """
 
     def __init__(self, min_value=None, max_value=None):

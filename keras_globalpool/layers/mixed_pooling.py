@@ -25,7 +25,9 @@ class GlobalMixedPooling(BaseGlobalPooling):
     gate in [0, 1]: it carries a `ValueRange` constraint, applied after
     every optimizer step, so it keeps its gradient at any step size; a gate
     set by hand outside [0, 1] is clipped when used, and a weights file
-    with a NaN or infinite gate is refused with a `ValueError`.
+    with a NaN or infinite gate is refused with a `ValueError`. The mean is
+    a blocked sum, as in `GlobalAveragePooling`: its error does not grow
+    with the map size; the max is exact.
 
     Args:
         mode: string, one of `"concat"`, `"mean"`, `"learned"`. Defaults to

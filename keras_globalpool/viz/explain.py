@@ -17,6 +17,7 @@ from keras_globalpool.viz.cam import (
     explained_layer,
     resolve_method,
 )
+from keras_globalpool.viz.layout_errors import channels_first_cpu_errors
 from keras_globalpool.viz.overlay import save_overlay
 from keras_globalpool.viz.plotting import require_matplotlib
 from keras_globalpool.viz.pooling_graph import data_format_of, model_input
@@ -92,7 +93,8 @@ def explain(
     written = []
     for image_path, image, paths in zip(image_paths, images, outputs, strict=True):
         image = image[None]
-        scores = ops.convert_to_numpy(model(image, training=False))[0]
+        with channels_first_cpu_errors(model):
+            scores = ops.convert_to_numpy(model(image, training=False))[0]
         target = int(np.argmax(scores)) if class_index is None else class_index
         heatmap = class_activation_maps(model, image, target, method)[0]
         title = f"{image_path.name}: class {target} (score {scores[target]:.2f})"
