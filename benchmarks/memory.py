@@ -6,9 +6,9 @@ trains a few steps of batch 32 on random data. The figures come from the
 kernel: the process's peak resident memory (`VmHWM` in /proc/self/status),
 and its growth over the resident memory of the built, untrained model, which
 is what training added. Two settings: the backbone frozen (transfer
-learning, the design notes' usage) and trainable (training from scratch, as
-in the notes' table). "flatten" is Flatten + Dense, "flatten-4096" adds the
-notes' 4096-unit hidden layer; the pooling heads have no hidden layer.
+learning, the usual case) and trainable (training from scratch).
+"flatten" is Flatten + Dense, "flatten-4096" adds a
+4096-unit hidden layer (VGG's); the pooling heads have no hidden layer.
 """
 
 import json

@@ -1,13 +1,11 @@
 """keras-globalpool: global-pooling layers and transfer-learning heads for Keras 3."""
 
-from keras_globalpool import data, ops, reference, viz
+from keras_globalpool import data, pool_ops, reference, viz
 from keras_globalpool.builders.backbones import BACKBONES
 from keras_globalpool.builders.classifier import build_classifier
 from keras_globalpool.builders.feature_extractor import build_feature_extractor
 from keras_globalpool.builders.fine_tuning import unfreeze_backbone
-from keras_globalpool.builders.frozen_batch_norm import FrozenBatchNormalization
 from keras_globalpool.builders.multiscale import build_multiscale_classifier
-from keras_globalpool.builders.preprocessing import BackbonePreprocessing
 from keras_globalpool.cached import (
     CachedFeatures,
     cache_features,
@@ -24,6 +22,8 @@ from keras_globalpool.layers import (
     GlobalMaxPooling,
     GlobalMixedPooling,
 )
+from keras_globalpool.layers.frozen_batch_norm import FrozenBatchNormalization
+from keras_globalpool.layers.preprocessing import BackbonePreprocessing
 from keras_globalpool.registry import POOLINGS, custom_objects, get
 from keras_globalpool.safe_loading import load_model
 from keras_globalpool.viz import (
@@ -60,7 +60,7 @@ __all__ = [
     "fit_cached",
     "get",
     "load_model",
-    "ops",
+    "pool_ops",
     "predict_cached",
     "reference",
     "save_overlay",

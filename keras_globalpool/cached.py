@@ -14,7 +14,7 @@ import math
 import keras
 import numpy as np
 
-from keras_globalpool.builders.frozen_batch_norm import FrozenBatchNormalization
+from keras_globalpool.layers.frozen_batch_norm import FrozenBatchNormalization
 
 # The largest finite float16.
 FLOAT16_MAX = float(np.finfo("float16").max)

@@ -10,11 +10,11 @@ maps of static spatial size, no mask, and not inside an XLA compilation
 (`jit_compile=True`): there the average pool gains nothing over the
 reduction, and the mixed path, a conditional around a max pool, compiles
 1.1x to 1.6x slower than the two reductions. Everywhere else the layers use
-their blocked sums (`keras_globalpool.ops.blocked_sum`) and `ops.max`.
+their blocked sums (`keras_globalpool.pool_ops.blocked_sum`) and `ops.max`.
 
 A pooling kernel sums its window in an order of its own: TensorFlow's CPU
 `average_pool` lost 1.9e-6 of a mean at 64x64 and 0.18% at 512x512 (values
-near 100). `keras_globalpool.ops` therefore takes `window_avg_pool` only
+near 100). `keras_globalpool.pool_ops` therefore takes `window_avg_pool` only
 for windows of at most 64 positions, where any order keeps its error bound
 (7x7 and 8x8, ResNet's and EfficientNet's last maps). The max pool is exact,
 so mixed pooling takes it at any window size, with the blocked means as its

@@ -1,6 +1,6 @@
 """Pure-NumPy forward and backward passes of every pooling: the test oracle.
 
-Written with NumPy only, independently of Keras and of `keras_globalpool.ops`,
+Written with NumPy only, independently of Keras and of `keras_globalpool.pool_ops`,
 so that the layers can be checked against it. Every function takes `x` of rank
 3, 4 or 5 (a 1D, 2D or 3D feature map with batch and channel axes) and
 

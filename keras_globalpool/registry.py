@@ -2,8 +2,6 @@
 
 import keras
 
-from keras_globalpool.builders.frozen_batch_norm import FrozenBatchNormalization
-from keras_globalpool.builders.preprocessing import BackbonePreprocessing
 from keras_globalpool.layers import (
     GlobalAttentionPooling,
     GlobalAveragePooling,
@@ -11,6 +9,8 @@ from keras_globalpool.layers import (
     GlobalMaxPooling,
     GlobalMixedPooling,
 )
+from keras_globalpool.layers.frozen_batch_norm import FrozenBatchNormalization
+from keras_globalpool.layers.preprocessing import BackbonePreprocessing
 
 POOLINGS = {
     "avg": GlobalAveragePooling,

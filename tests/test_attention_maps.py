@@ -45,7 +45,7 @@ def attention_model(
 
 
 def hand_scores(backbone, pooler, images, data_format):
-    """The branch of the design notes: 1x1 conv, ReLU, 1x1 conv, normalized."""
+    """The attention branch by hand: 1x1 conv, ReLU, 1x1 conv, normalized."""
     features = keras.ops.convert_to_numpy(backbone(images))
     if data_format == "channels_first":
         features = np.moveaxis(features, 1, -1)

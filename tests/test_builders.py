@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_globalpool as kgp
-from keras_globalpool.builders.preprocessing import PREPROCESSING_MODES
+from keras_globalpool.layers.preprocessing import PREPROCESSING_MODES
 
 RNG = np.random.default_rng(0)
 
@@ -166,7 +166,7 @@ class TestBuildClassifier:
         assert model.get_layer("pooler").p == 5.0
 
     def test_medical_mlp_head(self):
-        # The design notes' DenseNet121 + attention + MLP head, on a stand-in.
+        # A DenseNet121 + attention + MLP head, on a stand-in backbone.
         model = kgp.build_classifier(
             _tiny_backbone(),
             3,
@@ -213,7 +213,7 @@ class TestBuildClassifier:
         assert moving.isdisjoint(id(v) for v in backbone.trainable_weights)
 
     def test_parameters_saved_table(self, capsys):
-        # The design notes' case: a 7x7x2048 map (ResNet50 at 224) into 1000
+        # The classic case: a 7x7x2048 map (ResNet50 at 224) into 1000
         # classes. A 1x1 convolution stands in for ResNet50.
         stand_in = keras.Sequential(
             [keras.Input((7, 7, 3)), keras.layers.Conv2D(2048, 1)]

@@ -14,12 +14,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import keras_globalpool as kgp
 from keras_globalpool.cli import compare
 from keras_globalpool.cli.backbones import small_cnn
 from keras_globalpool.cli.main import build_parser, main, settings_from
 from keras_globalpool.cli.report import COLUMNS, HeadResult, summary, write_report
 
-HEADS = ["flatten", "avg", "max", "mixed", "attention", "gem"]
+# The baseline head, then every registered pooling in registry order.
+HEADS = ["flatten", *kgp.POOLINGS]
 TINY = ["--quick", "--epochs", "1", "--max-samples", "120"]
 
 

@@ -1,10 +1,12 @@
 """Maps with no position to pool (README, "Reliability").
 
-- A static spatial size of 0 is a `ValueError` when the layer is built or
-  its output shape computed: the mistake shows where the model is defined.
+- A spatial size of 0 in a symbolic shape is a `ValueError` when the output
+  shape is computed (`keras.Input`, `compute_output_shape`): the mistake
+  shows where the model is defined.
 - At run time, a map with no position pools to zeros: a fully masked
-  sequence, and a map whose size, unknown when the layer was built, turns
-  out to be 0. Never NaN, never -inf, and gradients stay finite.
+  sequence, an eager call on an empty map, and a map whose size, unknown
+  when the model was defined, turns out to be 0. Never NaN, never -inf, and
+  gradients stay finite.
 """
 
 import keras
@@ -45,10 +47,8 @@ EMPTY_SHAPES = list(_empty_shapes())
 class TestStaticSizeZero:
     @pytest.mark.parametrize("rank, data_format, shape", EMPTY_SHAPES)
     @pytest.mark.parametrize("case", CASES)
-    def test_build_raises(self, case, rank, data_format, shape):
+    def test_shape_inference_raises(self, case, rank, data_format, shape):
         layer = make_layer(case, data_format=data_format)
-        with pytest.raises(ValueError, match=r"no position.*Received: input_shape="):
-            layer.build(shape)
         with pytest.raises(ValueError, match=r"no position.*Received: input_shape="):
             layer.compute_output_shape(shape)
 
@@ -59,14 +59,18 @@ class TestStaticSizeZero:
             make_layer(case)(inputs)
 
     @pytest.mark.parametrize("case", CASES)
-    def test_eager_call_of_an_unbuilt_layer_raises(self, case):
-        with pytest.raises(ValueError, match="Received: input_shape="):
-            make_layer(case)(np.zeros((2, 0, 3), "float32"))
+    def test_eager_call_of_a_new_layer_gives_zeros(self, case):
+        # Weightless layers are built at creation, as Keras's own are, so an
+        # eager call has no build step to refuse in: every layer pools an
+        # empty map to zeros alike.
+        out = make_layer(case)(np.zeros((2, 0, 3), "float32"))
+        np.testing.assert_array_equal(_numpy(out), 0.0)
+        assert out.shape == (2, _out_channels(case, 3))
 
     def test_message_names_the_layer_and_the_shape(self):
         layer = make_layer("gem", data_format="channels_first")
         with pytest.raises(ValueError) as info:
-            layer.build((2, 3, 4, 0))
+            layer.compute_output_shape((2, 3, 4, 0))
         message = str(info.value)
         assert "`GlobalGeMPooling`" in message
         assert "Received: input_shape=(2, 3, 4, 0)" in message

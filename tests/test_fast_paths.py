@@ -10,8 +10,7 @@ from keras import ops
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_globalpool as kgp
-from keras_globalpool import fast_paths
-from keras_globalpool import ops as pool_ops
+from keras_globalpool import fast_paths, pool_ops
 
 
 @pytest.mark.parametrize(

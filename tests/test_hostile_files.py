@@ -606,7 +606,8 @@ def _tiny_backbone():
     return keras.Model(inputs, keras.layers.ReLU(name="stage2")(x), name="tiny")
 
 
-POOLINGS = ["avg", "max", "mixed", "attention", "gem", "flatten"]
+# Every registered pooling, and the classifiers' baseline head.
+POOLINGS = [*sorted(kgp.POOLINGS), "flatten"]
 
 BUILDERS = {
     "build_classifier": lambda pooling: kgp.build_classifier(

@@ -37,7 +37,7 @@ import keras_globalpool as kgp
 BACKEND = keras.backend.backend()
 # float32's unit roundoff.
 U32 = 2.0**-24
-# The documented bound (`keras_globalpool.ops`, "Accuracy"): the relative
+# The documented bound (`keras_globalpool.pool_ops`, "Accuracy"): the relative
 # error of a pooled mean of same-sign float32 inputs is at most 32 unit
 # roundoffs, whatever the number of positions. An unblocked float32 sum
 # misses it by far at 2**16 positions and more on TensorFlow.
@@ -142,7 +142,7 @@ class TestAccuracyAtAnySize:
     def test_blocked_sum_matches_numpy(self):
         x = _biased_input((2, 3, 1000, 70), seed=5)
         for axes in [(1,), (2,), (1, 2), (2, 3), (1, 2, 3)]:
-            out = to_numpy(kgp.ops.blocked_sum(x, axes))
+            out = to_numpy(kgp.pool_ops.blocked_sum(x, axes))
             expected = x.astype(np.float64).sum(axis=axes)
             assert _relative_error(out, expected) <= SUM_RTOL, axes
 

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from keras.src.testing import TestCase as KerasTestCase
+from keras import ops
 from layer_cases import (
     DATA_FORMATS,
     LAYER_CASES,
@@ -11,12 +11,13 @@ from layer_cases import (
     TRAINABLE_WEIGHTS,
     input_shape,
     make_layer,
+    random_input,
+    randomize_weights,
+    reference_forward,
+    to_numpy,
 )
 
 import keras_globalpool as kgp
-
-# Keras's own layer harness is a unittest method; one instance serves every case.
-_HARNESS = KerasTestCase("run_layer_test")
 
 
 def _output_shape(case, shape, data_format, keepdims):
@@ -30,23 +31,6 @@ def _output_shape(case, shape, data_format, keepdims):
 
 
 class TestBasic:
-    @pytest.mark.parametrize("data_format", DATA_FORMATS)
-    @pytest.mark.parametrize("rank", RANKS)
-    @pytest.mark.parametrize("case", LAYER_CASES)
-    def test_keras_layer_harness(self, case, rank, data_format):
-        name, kwargs = LAYER_CASES[case]
-        shape = input_shape(rank, data_format)
-        _HARNESS.run_layer_test(
-            kgp.POOLINGS[name],
-            init_kwargs={**kwargs, "data_format": data_format},
-            input_shape=shape,
-            expected_output_shape=_output_shape(case, shape, data_format, False),
-            expected_num_trainable_weights=TRAINABLE_WEIGHTS.get(case, 0),
-            expected_num_non_trainable_weights=0,
-            expected_num_losses=0,
-            supports_masking=True,
-        )
-
     @pytest.mark.parametrize("keepdims", [False, True])
     @pytest.mark.parametrize("data_format", DATA_FORMATS)
     @pytest.mark.parametrize("rank", RANKS)
@@ -57,6 +41,36 @@ class TestBasic:
         expected = _output_shape(case, shape, data_format, keepdims)
         assert tuple(layer(np.zeros(shape, "float32")).shape) == expected
         assert layer.compute_output_shape(shape) == expected
+
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_built_at_creation_exactly_when_weightless(self, case):
+        # Keras's rule for its own layers: nothing to build, built at once.
+        assert make_layer(case).built == (case not in TRAINABLE_WEIGHTS)
+
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("case", LAYER_CASES)
+    def test_stateless_call_matches_the_oracle(self, case, data_format):
+        """The JAX functional pattern: weights passed in, none read from the layer."""
+        x = random_input(input_shape(4, data_format), dtype="float32")
+        layer = make_layer(case, data_format=data_format)
+        if not layer.built:
+            layer.build(x.shape)
+            randomize_weights(layer)
+        trainable = [ops.convert_to_tensor(w.numpy()) for w in layer.trainable_weights]
+        fixed = [ops.convert_to_tensor(w.numpy()) for w in layer.non_trainable_weights]
+        out, new_fixed = layer.stateless_call(trainable, fixed, x)
+        assert len(new_fixed) == len(fixed)
+        np.testing.assert_allclose(
+            to_numpy(out),
+            reference_forward(layer, x.astype("float64")),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+    def test_registry_and_layer_cases_agree(self):
+        """A pooling added to `kgp.POOLINGS` must get a case in layer_cases.py,
+        which every common test then runs."""
+        assert {name for name, _ in LAYER_CASES.values()} == set(kgp.POOLINGS)
 
     @pytest.mark.parametrize("case", LAYER_CASES)
     def test_unknown_spatial_size(self, case):
@@ -99,7 +113,7 @@ class TestBasic:
 
 
 class TestRegistry:
-    @pytest.mark.parametrize("name", ["avg", "max", "mixed", "attention", "gem"])
+    @pytest.mark.parametrize("name", sorted(kgp.POOLINGS))
     def test_get_by_name(self, name):
         assert isinstance(kgp.get(name), kgp.POOLINGS[name])
 
@@ -126,11 +140,14 @@ class TestErrors:
     @pytest.mark.parametrize("shape", [(2, 4), (2, 3, 3, 3, 3, 4), (4,)])
     @pytest.mark.parametrize("case", LAYER_CASES)
     def test_wrong_rank(self, case, shape):
-        with pytest.raises(ValueError, match=r"rank 3, 4 or 5.*Received: input_shape="):
+        # Keras's own input_spec message, as its layers give it.
+        with pytest.raises(ValueError, match=r"expected (min|max)_ndim=[35], found"):
             make_layer(case)(np.zeros(shape, "float32"))
+        with pytest.raises(ValueError, match=r"rank 3, 4 or 5.*Received: input_shape="):
+            make_layer(case).compute_output_shape(shape)
 
     @pytest.mark.parametrize("bad", ["NHWC", "channels_middle", "channels_Last"])
-    @pytest.mark.parametrize("name", ["avg", "max", "mixed", "attention", "gem"])
+    @pytest.mark.parametrize("name", sorted(kgp.POOLINGS))
     def test_unknown_data_format(self, name, bad):
         with pytest.raises(ValueError, match=f"Received: data_format='{bad}'"):
             kgp.get(name, data_format=bad)

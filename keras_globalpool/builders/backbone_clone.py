@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_globalpool.builders.frozen_batch_norm import FrozenBatchNormalization
+from keras_globalpool.layers.frozen_batch_norm import FrozenBatchNormalization
 
 
 def is_graph_model(model):

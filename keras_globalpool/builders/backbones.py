@@ -10,11 +10,11 @@ from keras_globalpool.backend_support import (
     check_channels_first_supported,
 )
 from keras_globalpool.builders.backbone_clone import clone_backbone, is_graph_model
-from keras_globalpool.builders.preprocessing import (
+from keras_globalpool.layers.base_global_pooling import check_option
+from keras_globalpool.layers.preprocessing import (
     PREPROCESSING_MODES,
     BackbonePreprocessing,
 )
-from keras_globalpool.layers.base_global_pooling import check_option
 
 
 @dataclasses.dataclass(frozen=True)

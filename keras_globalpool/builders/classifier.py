@@ -33,7 +33,7 @@ def build_classifier(
 ):
     """Builds an image classifier: a backbone, a global pooling and a head.
 
-    The transfer-learning model of the design notes in one call. The model
+    The transfer-learning model in one call. The model
     takes raw images (0-255, float or uint8) and runs the layers
     `grayscale_to_rgb` (for 1-channel images and a named backbone only),
     `preprocessing` (the backbone's own `preprocess_input`, as a

@@ -54,7 +54,7 @@ def build_multiscale_classifier(
 ):
     """Builds a classifier on pooled features from several backbone stages.
 
-    The multi-scale pattern of the design notes: early stages see small
+    The multi-scale pattern: early stages see small
     details, late ones see whole objects. Each stage's feature map gets its
     own pooling layer, `pooler_1`, `pooler_2`, ..., the pooled vectors are
     concatenated by the layer `pooled_features`, and the head is the one of

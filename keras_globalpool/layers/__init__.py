@@ -1,15 +1,19 @@
-"""The global-pooling layers."""
+"""The global-pooling layers, and the layers the builders put into models."""
 
 from keras_globalpool.layers.attention_pooling import GlobalAttentionPooling
 from keras_globalpool.layers.average_pooling import GlobalAveragePooling
 from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
 from keras_globalpool.layers.constraints import ValueRange
+from keras_globalpool.layers.frozen_batch_norm import FrozenBatchNormalization
 from keras_globalpool.layers.gem_pooling import GlobalGeMPooling
 from keras_globalpool.layers.max_pooling import GlobalMaxPooling
 from keras_globalpool.layers.mixed_pooling import GlobalMixedPooling
+from keras_globalpool.layers.preprocessing import BackbonePreprocessing
 
 __all__ = [
+    "BackbonePreprocessing",
     "BaseGlobalPooling",
+    "FrozenBatchNormalization",
     "GlobalAttentionPooling",
     "GlobalAveragePooling",
     "GlobalGeMPooling",

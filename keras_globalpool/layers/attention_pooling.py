@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_globalpool import ops as pool_ops
+from keras_globalpool import pool_ops
 from keras_globalpool.layers.base_global_pooling import (
     BaseGlobalPooling,
     check_option,
@@ -27,7 +27,7 @@ class GlobalAttentionPooling(BaseGlobalPooling):
     Finite inputs always give finite weights, even where the branch
     overflows; a NaN at a valid position makes that sample's output and
     scores NaN, since every weight depends on it. The weights' normalizer
-    and the weighted sum are blocked sums (see `keras_globalpool.ops`), so
+    and the weighted sum are blocked sums (see `keras_globalpool.pool_ops`), so
     their rounding error does not grow with the map size.
 
     Args:
@@ -66,7 +66,7 @@ class GlobalAttentionPooling(BaseGlobalPooling):
     >>> x = np.random.rand(2, 7, 7, 16).astype("float32")
     >>> pooled, scores = kgp.GlobalAttentionPooling()(
     ...     x, return_attention_scores=True)
-    >>> pooled.shape, scores.shape
+    >>> tuple(pooled.shape), tuple(scores.shape)
     ((2, 16), (2, 7, 7))
     """
 
@@ -98,7 +98,7 @@ class GlobalAttentionPooling(BaseGlobalPooling):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
     def build(self, input_shape):
-        super().build(input_shape)
+        self._check_rank(input_shape)
         channels = self._known_channels(input_shape)
         self._set_input_spec(channels)
         units = max(channels // self.reduction, 1)

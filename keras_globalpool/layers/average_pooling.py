@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_globalpool import ops as pool_ops
+from keras_globalpool import pool_ops
 from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
 
 
@@ -15,7 +15,7 @@ class GlobalAveragePooling(BaseGlobalPooling):
     `keras.layers.GlobalAveragePooling{1,2,3}D` with one layer that reads
     the rank from its input, honours a mask for any rank, and sums 16-bit
     inputs in float32 so large maps never overflow. The sum is blocked (see
-    `keras_globalpool.ops`): its rounding error does not grow with the map,
+    `keras_globalpool.pool_ops`): its rounding error does not grow with the map,
     where a plain float32 reduction (Keras's on TensorFlow) loses 1% at
     2**20 positions; measured, the mean of same-sign inputs stays within
     `32 * 2**-24` relative error at every size.
@@ -43,7 +43,7 @@ class GlobalAveragePooling(BaseGlobalPooling):
     Example:
 
     >>> x = np.random.rand(2, 7, 7, 16).astype("float32")
-    >>> kgp.GlobalAveragePooling()(x).shape
+    >>> tuple(kgp.GlobalAveragePooling()(x).shape)
     (2, 16)
     """
 

@@ -37,13 +37,15 @@ class BaseGlobalPooling(keras.layers.Layer):
     channel axes from the rank, applies masks, computes 16-bit inputs in
     float32 and casts the result back, and implements `compute_output_shape`
     and `get_config`. Subclasses write `__init__`, `build` (if they have
-    weights) and `call`.
+    weights) and `call`. A layer without weights is built when it is
+    created, as Keras's own poolings are, so `stateless_call` works at once.
 
     Every pooling follows one policy for values it cannot pool normally. A
     NaN at a valid position propagates as in NumPy's `mean` and `max`: the
     channels that hold it give NaN (every channel, for attention); `inf`
     follows NumPy too. Masked positions never matter, whatever they hold. A
-    static spatial size of 0 raises a `ValueError` in `build`; a sample with
+    spatial size of 0 in a symbolic shape (`keras.Input`,
+    `compute_output_shape`) raises a `ValueError`; a sample with
     nothing to pool at run time, fully masked or of size 0, gives zeros; a
     batch of no sample gives a batch of no sample.
 
@@ -61,6 +63,22 @@ class BaseGlobalPooling(keras.layers.Layer):
         keepdims: bool. Keep the spatial axes with size 1. Defaults to
             `False`.
         **kwargs: base layer arguments, such as `name` and `dtype`.
+
+    Example:
+
+    A global sum pooling, written with the helpers every subclass uses:
+
+    >>> class GlobalSumPooling(kgp.BaseGlobalPooling):
+    ...     def call(self, inputs, mask=None):
+    ...         x, mask, axes = self._prepare(inputs, mask)
+    ...         pooled = keras.ops.sum(x, axis=axes, keepdims=self.keepdims)
+    ...         return self._finish(pooled)
+    >>> x = np.ones((2, 4, 4, 3), "float32")
+    >>> y = GlobalSumPooling()(x)
+    >>> tuple(y.shape), keras.ops.convert_to_numpy(y)[0].tolist()
+    ((2, 3), [16.0, 16.0, 16.0])
+    >>> isinstance(kgp.GlobalAveragePooling(), kgp.BaseGlobalPooling)
+    True
     """
 
     # How many output channels one input channel makes (timm's feat_mult).
@@ -78,17 +96,34 @@ class BaseGlobalPooling(keras.layers.Layer):
             )
         self.keepdims = bool(keepdims)
         self.supports_masking = True
+        self.input_spec = keras.layers.InputSpec(
+            min_ndim=min(_RANKS), max_ndim=max(_RANKS)
+        )
+        # Keras's rule: a layer whose class keeps `Layer.build` has no
+        # weights to make, so it is built now.
+        if type(self).build is keras.layers.Layer.build:
+            self._build_without_weights()
+
+    def _build_without_weights(self):
+        """Marks the layer built, as Keras marks its own weightless layers."""
+        self.built = True
+        self._post_build()
+        self._lock_state()
 
     # === Shapes ===
 
-    def _check_input_shape(self, input_shape):
+    def _check_rank(self, input_shape):
         if len(input_shape) not in _RANKS:
             raise ValueError(
                 f"`{type(self).__name__}` expects an input of rank 3, 4 or 5 "
                 "(a 1D, 2D or 3D feature map with batch and channel axes). "
                 f"Received: input_shape={tuple(input_shape)}"
             )
-        # A size unknown here and 0 at run time pools to zeros instead.
+
+    def _check_input_shape(self, input_shape):
+        self._check_rank(input_shape)
+        # A size unknown here and 0 at run time pools to zeros instead, as
+        # does an eager call on an empty map.
         if 0 in tuple(
             input_shape[axis] for axis in self._spatial_axes(len(input_shape))
         ):
@@ -121,22 +156,15 @@ class BaseGlobalPooling(keras.layers.Layer):
             )
         return channels
 
-    def build(self, input_shape):
-        self._check_input_shape(input_shape)
-        self._set_input_spec()
-
-    def _set_input_spec(self, channels=None):
-        """Lets Keras refuse, with its own message, inputs the layer cannot take.
+    def _set_input_spec(self, channels):
+        """Lets Keras refuse, with its own message, another channel count.
 
         Args:
-            channels: the channel count the layer's weights are sized by, or
-                None for a layer that takes any.
+            channels: the channel count the layer's weights are sized by.
         """
-        axes = None
-        if channels is not None:
-            axes = {-1 if self.data_format == "channels_last" else 1: channels}
+        axis = -1 if self.data_format == "channels_last" else 1
         self.input_spec = keras.layers.InputSpec(
-            min_ndim=min(_RANKS), max_ndim=max(_RANKS), axes=axes
+            min_ndim=min(_RANKS), max_ndim=max(_RANKS), axes={axis: channels}
         )
 
     def compute_output_shape(self, input_shape):

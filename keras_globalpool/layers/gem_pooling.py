@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_globalpool import ops as pool_ops
+from keras_globalpool import pool_ops
 from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
 from keras_globalpool.layers.constraints import ValueRange
 
@@ -34,7 +34,7 @@ class GlobalGeMPooling(BaseGlobalPooling):
     propagates and `+inf` gives `+inf`. The layer works in
     log space, so neither a large `p` nor float16 inputs overflow, and an
     all-zero input has finite gradients. The sum of powers is blocked (see
-    `keras_globalpool.ops`): its error does not grow with the map size, and
+    `keras_globalpool.pool_ops`): its error does not grow with the map size, and
     enters the output divided by `p`.
 
     Training keeps `p` at or above `1e-3`: the weight carries a `ValueRange`
@@ -71,7 +71,7 @@ class GlobalGeMPooling(BaseGlobalPooling):
     Example:
 
     >>> x = np.random.rand(2, 7, 7, 16).astype("float32")
-    >>> kgp.GlobalGeMPooling(p=3.0)(x).shape
+    >>> tuple(kgp.GlobalGeMPooling(p=3.0)(x).shape)
     (2, 16)
     """
 
@@ -100,7 +100,7 @@ class GlobalGeMPooling(BaseGlobalPooling):
         self.eps = float(eps)
 
     def build(self, input_shape):
-        super().build(input_shape)
+        self._check_rank(input_shape)
         self.p_weight = self.add_weight(
             name="p",
             shape=(),

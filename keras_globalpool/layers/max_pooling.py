@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_globalpool import ops as pool_ops
+from keras_globalpool import pool_ops
 from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
 
 
@@ -37,7 +37,7 @@ class GlobalMaxPooling(BaseGlobalPooling):
     Example:
 
     >>> x = np.random.rand(2, 50, 8).astype("float32")
-    >>> kgp.GlobalMaxPooling()(x).shape
+    >>> tuple(kgp.GlobalMaxPooling()(x).shape)
     (2, 8)
     """
 

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_globalpool import ops as pool_ops
+from keras_globalpool import pool_ops
 from keras_globalpool.layers.base_global_pooling import (
     BaseGlobalPooling,
     check_option,
@@ -54,30 +54,35 @@ class GlobalMixedPooling(BaseGlobalPooling):
     Example:
 
     >>> x = np.random.rand(2, 7, 7, 16).astype("float32")
-    >>> kgp.GlobalMixedPooling()(x).shape
+    >>> tuple(kgp.GlobalMixedPooling()(x).shape)
     (2, 32)
     """
 
     def __init__(self, mode="concat", data_format=None, keepdims=False, **kwargs):
         super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
         self.mode = check_option("mode", mode, MODES)
+        # Only the learned gate is a weight. A subclass with its own `build`
+        # is left to build, as Keras leaves any layer that overrides it.
+        if self.mode != "learned" and type(self).build is GlobalMixedPooling.build:
+            self._build_without_weights()
 
     @property
     def channel_multiplier(self):
         return 2 if self.mode == "concat" else 1
 
     def build(self, input_shape):
-        super().build(input_shape)
-        if self.mode == "learned":
-            channels = self._known_channels(input_shape)
-            self._set_input_spec(channels)
-            self.gate = self.add_weight(
-                name="gate",
-                shape=(channels,),
-                initializer=keras.initializers.Constant(0.5),
-                constraint=ValueRange(min_value=0.0, max_value=1.0),
-                autocast=False,  # mixed in float32 even under mixed precision
-            )
+        self._check_rank(input_shape)
+        if self.mode != "learned":  # built at creation; nothing to add
+            return
+        channels = self._known_channels(input_shape)
+        self._set_input_spec(channels)
+        self.gate = self.add_weight(
+            name="gate",
+            shape=(channels,),
+            initializer=keras.initializers.Constant(0.5),
+            constraint=ValueRange(min_value=0.0, max_value=1.0),
+            autocast=False,  # mixed in float32 even under mixed precision
+        )
 
     def call(self, inputs, mask=None):
         x, mask, axes = self._prepare(inputs, mask)

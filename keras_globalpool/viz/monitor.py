@@ -52,7 +52,7 @@ def pooled_feature_stats(pooled, saturation_tolerance=1e-3):
 class PooledFeatureMonitor(keras.callbacks.Callback):
     """Logs the health of the pooled features on a fixed batch, per epoch.
 
-    The design notes ask for hooks on pooling layers so problems show early:
+    A hook on the pooling layer, so that problems show early:
     channels that died or got stuck, features that shrink or blow up. At the
     end of every `every_n_epochs`-th epoch (the first included) this
     callback runs the model up to its pooling layer on `images` and adds
