@@ -18,7 +18,9 @@ import keras_globalpool as kgp
 from keras_globalpool.cli import compare
 from keras_globalpool.cli.backbones import small_cnn
 from keras_globalpool.cli.main import build_parser, main, settings_from
-from keras_globalpool.cli.report import COLUMNS, HeadResult, summary, write_report
+from keras_globalpool.cli.report import write_report
+from keras_globalpool.cli.results import COLUMNS, HeadResult
+from keras_globalpool.cli.verdict import summary
 
 # The baseline head, then every registered pooling in registry order.
 HEADS = ["flatten", *kgp.POOLINGS]

@@ -8,9 +8,10 @@ import pytest
 from viz_models import cpu_safe_conv2d
 
 import keras_globalpool as kgp
+from keras_globalpool.cli.explain_command import add_explain_parser
 from keras_globalpool.cli.main import main
 from keras_globalpool.viz import explain as explain_module
-from keras_globalpool.viz.explain import add_explain_parser, explain
+from keras_globalpool.viz.explain import explain
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

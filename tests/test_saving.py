@@ -90,3 +90,32 @@ def test_sequential_round_trip(tmp_path):
     assert float(loaded.layers[0].p_weight.numpy()) == 4.0
     x = np.random.default_rng(1).uniform(size=(3, 12, 5)).astype("float32")
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
+
+
+def test_files_saved_before_the_layers_moved_still_load(tmp_path):
+    """FrozenBatchNormalization and BackbonePreprocessing moved from
+    `keras_globalpool.builders` to `keras_globalpool.layers` after 0.1.0; files that
+    name the old modules load by their registered names."""
+    import zipfile
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    model = kgp.build_classifier(keras.Model(inputs, x), 3, input_shape=(8, 8, 3))
+    model.save(tmp_path / "new.keras")
+    with zipfile.ZipFile(tmp_path / "new.keras") as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = members["config.json"].decode()
+    for name in ("frozen_batch_norm", "preprocessing"):
+        assert f"keras_globalpool.layers.{name}" in config
+        config = config.replace(
+            f"keras_globalpool.layers.{name}", f"keras_globalpool.builders.{name}"
+        )
+    members["config.json"] = config.encode()
+    with zipfile.ZipFile(tmp_path / "old.keras", "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(x))
+    for load in (keras.models.load_model, kgp.load_model):
+        loaded = load(tmp_path / "old.keras")
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), expected)

@@ -5,12 +5,12 @@ from collections.abc import Callable
 
 import keras
 
+from keras_globalpool.arguments import check_option
 from keras_globalpool.backend_support import (
     channels_first_convolution,
     check_channels_first_supported,
 )
 from keras_globalpool.builders.backbone_clone import clone_backbone, is_graph_model
-from keras_globalpool.layers.base_global_pooling import check_option
 from keras_globalpool.layers.preprocessing import (
     PREPROCESSING_MODES,
     BackbonePreprocessing,

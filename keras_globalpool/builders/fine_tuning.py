@@ -2,8 +2,8 @@
 
 import keras
 
+from keras_globalpool.arguments import check_positive_int
 from keras_globalpool.builders.backbone_clone import graph_leaves
-from keras_globalpool.builders.head import is_positive_int
 
 
 def _is_batch_norm(layer):
@@ -44,11 +44,7 @@ def unfreeze_backbone(model, num_layers=None):
     >>> len(unfrozen) < 10
     True
     """
-    if num_layers is not None and not is_positive_int(num_layers):
-        raise ValueError(
-            "`num_layers` must be None or an integer >= 1. "
-            f"Received: num_layers={num_layers!r}"
-        )
+    check_positive_int("num_layers", num_layers, allow_none=True)
     backbone = model.get_layer("backbone")
     weighted = [layer for layer in graph_leaves(backbone) if layer.weights]
     top = weighted if num_layers is None else weighted[-num_layers:]

@@ -1,9 +1,8 @@
 """The pieces every builder shares: the pooler and the classification head."""
 
-import numbers
-
 import keras
 
+from keras_globalpool.arguments import check_positive_int, check_rate, is_positive_int
 from keras_globalpool.layers import BaseGlobalPooling
 from keras_globalpool.registry import POOLINGS, get
 
@@ -64,31 +63,11 @@ def make_pooler(pooling, name):
     return type(template).from_config({**template.get_config(), "name": name})
 
 
-def is_positive_int(value):
-    """Whether `value` is an integer >= 1 (`True` is not)."""
-    return (
-        isinstance(value, numbers.Integral)
-        and not isinstance(value, bool)
-        and value >= 1
-    )
-
-
-def _check_rate(name, value):
-    if not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(
-            f"`{name}` must be a number in [0, 1). Received: {name}={value!r}"
-        )
-
-
 def check_head_arguments(num_classes, dropout, hidden_units, hidden_dropout):
     """Raises a Keras-style `ValueError` for a bad classification-head argument."""
-    if not is_positive_int(num_classes):
-        raise ValueError(
-            "`num_classes` must be an integer >= 1. "
-            f"Received: num_classes={num_classes!r}"
-        )
-    _check_rate("dropout", dropout)
-    _check_rate("hidden_dropout", hidden_dropout)
+    check_positive_int("num_classes", num_classes)
+    check_rate("dropout", dropout)
+    check_rate("hidden_dropout", hidden_dropout)
     if not isinstance(hidden_units, (list, tuple)) or not all(
         is_positive_int(units) for units in hidden_units
     ):

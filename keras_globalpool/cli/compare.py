@@ -1,11 +1,7 @@
 """`compare`: train one backbone once per head and measure every head alike."""
 
 import dataclasses
-import math
-import numbers
-import os
 import pathlib
-import platform
 import shutil
 import sys
 import time
@@ -14,222 +10,30 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_globalpool import data as kgp_data
 from keras_globalpool.cached import split_at_pooler
-from keras_globalpool.cli.backbones import SMALL_CNN, build_model, check_backbone
+from keras_globalpool.cli.backbones import build_model
 from keras_globalpool.cli.interruption import is_interruption
 from keras_globalpool.cli.measure import latency_ms, memory_meter
 from keras_globalpool.cli.outputs import (
     check_new_run,
-    check_run_name,
     prepare_run_folders,
 )
 from keras_globalpool.cli.progress import EpochProgress, run_progress
-from keras_globalpool.cli.report import HeadResult, write_report
+from keras_globalpool.cli.report import write_report
+from keras_globalpool.cli.results import HeadResult
+from keras_globalpool.cli.run_description import (
+    backbone_description,
+    machine,
+    measurement,
+)
+from keras_globalpool.cli.settings import HEADS
+from keras_globalpool.cli.splits import load_splits
 from keras_globalpool.cli.training import TRAINERS
-from keras_globalpool.data.dataset import MIN_PER_CLASS
 from keras_globalpool.export import export_saved_model
-from keras_globalpool.registry import POOLINGS
 from keras_globalpool.viz.overlay_grid import head_heatmaps
 
-# The classic Flatten + Dense baseline first, then every pooling.
-HEADS = ("flatten", *POOLINGS)
 # How many test images the report's heatmap grid shows.
 OVERLAY_IMAGES = 4
-
-
-def check_learning_rate(learning_rate):
-    """Raises a Keras-style `ValueError` unless `learning_rate` is finite and > 0.
-
-    Args:
-        learning_rate: a real number.
-
-    Returns:
-        `learning_rate`, unchanged.
-
-    Example:
-
-    >>> from keras_globalpool.cli.compare import check_learning_rate
-    >>> check_learning_rate(3e-4)
-    0.0003
-    """
-    if (
-        isinstance(learning_rate, bool)
-        or not isinstance(learning_rate, numbers.Real)
-        or not (math.isfinite(learning_rate) and learning_rate > 0)
-    ):
-        raise ValueError(
-            "`learning_rate` must be a finite number > 0. "
-            f"Received: learning_rate={learning_rate!r}"
-        )
-    return learning_rate
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareSettings:
-    """Everything `compare` needs, with the defaults of the command line.
-
-    Args:
-        data: string. A `kgp.data.load` source: `"translated-digits"`,
-            `"digits"`, a folder of class subfolders or a `.npz` file.
-        image_size: optional int. Resize the images to this square size.
-        backbone: string. `"small-cnn"` or a `keras.applications` name.
-        weights: `None`, `"imagenet"` or a weights file, for applications.
-            With weights, the backbone is frozen and the heads train on
-            cached features.
-        heads: tuple of head names, from `HEADS`.
-        epochs: int. Epochs per training.
-        seeds: int. Trainings per head, with seeds 0, 1, ...
-        batch_size: int.
-        learning_rate: float > 0. Adam's learning rate.
-        test_fraction: float. The share of images held out for testing.
-        max_samples: optional int. Keep at most this many images (stratified).
-        run_name: string. Names the report and export folders: one folder
-            name of letters, digits, `.`, `_` and `-`.
-        report_dir: string. The report goes to `report_dir/run_name/`.
-        saved_models: string. Models go to `saved_models/run_name/<head>/`.
-        export: bool. Save and export each head's first-seed model.
-        overwrite: bool. Replace the folders of an earlier run of the same
-            name; without it, such a run is refused.
-    """
-
-    data: str = "translated-digits"
-    image_size: int | None = None
-    backbone: str = SMALL_CNN
-    weights: str | None = None
-    heads: tuple = HEADS
-    epochs: int = 12
-    seeds: int = 3
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    test_fraction: float = 0.2
-    max_samples: int | None = None
-    run_name: str = dataclasses.field(
-        default_factory=lambda: time.strftime("compare-%Y%m%d-%H%M%S")
-    )
-    report_dir: str = "reports"
-    saved_models: str = "saved_models"
-    export: bool = True
-    overwrite: bool = False
-
-    def __post_init__(self):
-        unknown = [head for head in self.heads if head not in HEADS]
-        if unknown or not self.heads:
-            names = ", ".join(repr(head) for head in HEADS)
-            raise ValueError(
-                f"`heads` must be one or more of {{{names}}}. "
-                f"Received: heads={list(self.heads)!r}"
-            )
-        if len(set(self.heads)) != len(self.heads):
-            raise ValueError(
-                f"`heads` must not repeat a head. Received: heads={list(self.heads)!r}"
-            )
-        for name in ("epochs", "seeds", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"`{name}` must be an integer >= 1. Received: {name}={value!r}"
-                )
-        check_learning_rate(self.learning_rate)
-        check_run_name(self.run_name)
-        check_backbone(self.backbone, self.weights)
-
-    @property
-    def frozen(self):
-        """Whether the backbone is pretrained and frozen."""
-        return self.weights is not None
-
-
-def load_splits(settings):
-    """Loads, checks, fits to the backbone and splits the data.
-
-    Returns:
-        `(train, test)` `ImageDataset`s.
-    """
-    dataset = kgp_data.load(settings.data, image_size=settings.image_size)
-    if settings.max_samples is not None:
-        least = MIN_PER_CLASS * dataset.num_classes
-        if settings.max_samples < least:
-            raise ValueError(
-                f"`max_samples` must keep {MIN_PER_CLASS} images per class, "
-                f"{least} for {dataset.num_classes} classes. "
-                f"Received: max_samples={settings.max_samples}"
-            )
-        dataset = kgp_data.stratified_subset(dataset, settings.max_samples)
-    kgp_data.check_enough_samples(dataset)
-    if settings.image_size is not None:
-        dataset = kgp_data.resize(dataset, settings.image_size)
-    if settings.backbone != SMALL_CNN:
-        dataset = kgp_data.to_rgb(dataset)
-    return kgp_data.stratified_split(dataset, settings.test_fraction)
-
-
-# === Run description ===
-
-
-def _machine():
-    gpus = tf.config.list_physical_devices("GPU")
-    device = (
-        ", ".join(
-            tf.config.experimental.get_device_details(g).get("device_name", g.name)
-            for g in gpus
-        )
-        if gpus
-        else "CPU only"
-    )
-    versions = {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-    }
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "device": device,
-        **versions,
-        "description": (
-            f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"{device}; TensorFlow {versions['tensorflow']}, "
-            f"Keras {versions['keras']}, Python {versions['python']}"
-        ),
-    }
-
-
-def _backbone_description(settings, trainer):
-    if settings.backbone == SMALL_CNN:
-        return (
-            f"{SMALL_CNN}, trained from scratch with each head ({trainer.description})"
-        )
-    if not settings.frozen:
-        return (
-            f"{settings.backbone}, random weights, trained from scratch with each "
-            f"head ({trainer.description})"
-        )
-    cached = (
-        ""
-        if trainer.cache_seconds is None
-        else f"; caching the features took {trainer.cache_seconds:.1f} s, once"
-    )
-    return (
-        f"{settings.backbone}, weights {settings.weights!r}, frozen ("
-        f"{trainer.description}{cached})"
-    )
-
-
-def _measurement(meter, jit_compile):
-    return {
-        "head params": "weights of the pooler and every layer after it",
-        "total params": "weights of the whole model, backbone included",
-        "test accuracy": "mean ± sample standard deviation over the seeds, on "
-        "the held-out test images",
-        "train time (s)": "wall-clock time of one training (all epochs, graph "
-        f"tracing included), mean over the seeds; jit_compile={jit_compile}",
-        "time / epoch (s)": "train time divided by the epochs",
-        "peak memory (MiB)": meter.description,
-        "latency / image (ms)": "median over 30 calls of `predict_on_batch` on one "
-        "image of the first seed's model, after 3 warm-up calls",
-    }
-
 
 # === Training ===
 
@@ -332,7 +136,7 @@ class _Comparison:
             "run": settings.run_name,
             "status": status,
             "command": self.command,
-            "machine": _machine(),
+            "machine": machine(),
             "settings": {
                 **dataclasses.asdict(settings),
                 "heads": list(settings.heads),
@@ -342,7 +146,7 @@ class _Comparison:
                 "image_shape": "x".join(map(str, self.train.image_shape)),
                 "num_classes": self.train.num_classes,
                 "class_names": list(self.train.class_names),
-                "backbone_description": _backbone_description(settings, self.trainer),
+                "backbone_description": backbone_description(settings, self.trainer),
                 "training": (
                     f"epochs {settings.epochs}, batch size {settings.batch_size}, "
                     f"Adam at {settings.learning_rate:g}, "
@@ -351,7 +155,7 @@ class _Comparison:
                 "cache_seconds": self.trainer.cache_seconds,
                 "jit_compile": self.jit_compile,
             },
-            "measurement": _measurement(self.meter, self.jit_compile),
+            "measurement": measurement(self.meter, self.jit_compile),
         }
 
 

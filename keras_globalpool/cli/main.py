@@ -7,17 +7,14 @@ import tensorflow as tf
 from rich.console import Console
 
 from keras_globalpool.cli.backbones import SMALL_CNN
-from keras_globalpool.cli.compare import (
-    HEADS,
-    CompareSettings,
-    check_learning_rate,
-    run_compare,
-)
+from keras_globalpool.cli.compare import run_compare
+from keras_globalpool.cli.explain_command import add_explain_parser
 from keras_globalpool.cli.export_command import export_keras_file
 from keras_globalpool.cli.interruption import is_interruption
-from keras_globalpool.cli.report import console_table, summary
+from keras_globalpool.cli.results import console_table
+from keras_globalpool.cli.settings import HEADS, CompareSettings, check_learning_rate
+from keras_globalpool.cli.verdict import summary
 from keras_globalpool.data.sources import DATASETS
-from keras_globalpool.viz.explain import add_explain_parser
 
 # `--quick`: a smoke test of the whole pipeline in well under a minute.
 QUICK = {"epochs": 2, "seeds": 1, "max_samples": 500}

@@ -25,14 +25,21 @@ class ImageTrainer:
         """
 
     def fit(self, model, callbacks):
-        model.fit(
-            self.train.x,
+        self._fit(
+            model,
+            self._train_inputs(),
             self.train.y,
             epochs=self.epochs,
             batch_size=self.batch_size,
             callbacks=callbacks,
             verbose=0,
         )
+
+    def _train_inputs(self):
+        return self.train.x
+
+    def _fit(self, model, x, y, **kwargs):
+        model.fit(x, y, **kwargs)
 
     def predict_test(self, model):
         return model.predict(self.test.x, batch_size=256, verbose=0)
@@ -67,16 +74,11 @@ class CachedTrainer(ImageTrainer):
         self._test_maps = cache_features(model, self.test.x, self.batch_size)
         self.cache_seconds = time.perf_counter() - start
 
-    def fit(self, model, callbacks):
-        fit_cached(
-            model,
-            self._train_maps,
-            self.train.y,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            callbacks=callbacks,
-            verbose=0,
-        )
+    def _train_inputs(self):
+        return self._train_maps
+
+    def _fit(self, model, x, y, **kwargs):
+        fit_cached(model, x, y, **kwargs)
 
     def predict_test(self, model):
         return predict_cached(model, self._test_maps, batch_size=256)

@@ -4,10 +4,8 @@ import keras
 from keras import ops
 
 from keras_globalpool import pool_ops
-from keras_globalpool.layers.base_global_pooling import (
-    BaseGlobalPooling,
-    check_option,
-)
+from keras_globalpool.arguments import check_option, check_positive_int
+from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
 
 NORMALIZATIONS = ("sigmoid", "softmax")
 
@@ -82,16 +80,7 @@ class GlobalAttentionPooling(BaseGlobalPooling):
         **kwargs,
     ):
         super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
-        if (
-            isinstance(reduction, bool)
-            or not isinstance(reduction, int)
-            or reduction < 1
-        ):
-            raise ValueError(
-                "`reduction` must be an integer >= 1. "
-                f"Received: reduction={reduction!r}"
-            )
-        self.reduction = reduction
+        self.reduction = check_positive_int("reduction", reduction)
         self.normalize = check_option("normalize", normalize, NORMALIZATIONS)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)

@@ -4,30 +4,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_globalpool.arguments import DATA_FORMATS, check_option
+
 _RANKS = (3, 4, 5)
 _LOW_PRECISION = ("float16", "bfloat16")
 _FLOATS = (*_LOW_PRECISION, "float32", "float64")
 _POLICIES = (*_FLOATS, "mixed_float16", "mixed_bfloat16")
-DATA_FORMATS = ("channels_last", "channels_first")
-
-
-def check_option(name, value, allowed):
-    """Raises a Keras-style `ValueError` unless `value` is one of `allowed`.
-
-    Args:
-        name: string. The argument's name.
-        value: the value received.
-        allowed: tuple of the allowed values.
-
-    Returns:
-        `value`, unchanged.
-    """
-    if value not in allowed:
-        choices = "{" + ", ".join(repr(a) for a in allowed) + "}"
-        raise ValueError(
-            f"`{name}` must be one of {choices}. Received: {name}={value!r}"
-        )
-    return value
 
 
 class BaseGlobalPooling(keras.layers.Layer):

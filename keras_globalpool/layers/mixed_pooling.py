@@ -4,10 +4,8 @@ import keras
 from keras import ops
 
 from keras_globalpool import pool_ops
-from keras_globalpool.layers.base_global_pooling import (
-    BaseGlobalPooling,
-    check_option,
-)
+from keras_globalpool.arguments import check_option
+from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
 from keras_globalpool.layers.constraints import ValueRange
 
 MODES = ("concat", "mean", "learned")

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_globalpool.layers.base_global_pooling import DATA_FORMATS, check_option
+from keras_globalpool.arguments import DATA_FORMATS, check_option
 
 # ImageNet statistics used by `keras.applications.imagenet_utils`.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)

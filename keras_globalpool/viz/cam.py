@@ -4,8 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_globalpool.arguments import check_option
 from keras_globalpool.layers import GlobalAveragePooling
-from keras_globalpool.layers.base_global_pooling import check_option
 from keras_globalpool.viz.gradcam import channels_last_array, gradcam_explainer
 from keras_globalpool.viz.heatmaps import (
     image_batch,

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_globalpool.arguments import check_positive_int
 from keras_globalpool.viz.pooling_graph import find_pooling_layer, model_input
 
 STATISTICS = ("mean", "std", "dead_fraction", "saturated_fraction")
@@ -101,15 +102,7 @@ class PooledFeatureMonitor(keras.callbacks.Callback):
                 "`images` must be a batch of at least two images. "
                 f"Received: images.shape={images.shape}"
             )
-        if (
-            isinstance(every_n_epochs, bool)
-            or not isinstance(every_n_epochs, int)
-            or every_n_epochs < 1
-        ):
-            raise ValueError(
-                "`every_n_epochs` must be an integer >= 1. "
-                f"Received: every_n_epochs={every_n_epochs!r}"
-            )
+        check_positive_int("every_n_epochs", every_n_epochs)
         if not saturation_tolerance >= 0:
             raise ValueError(
                 "`saturation_tolerance` must be a number >= 0. "

@@ -1,0 +1,112 @@
+"""The settings of `compare`, with the command line's defaults, checked."""
+
+import dataclasses
+import math
+import numbers
+import time
+
+from keras_globalpool.arguments import check_positive_int
+from keras_globalpool.cli.backbones import SMALL_CNN, check_backbone
+from keras_globalpool.cli.outputs import check_run_name
+from keras_globalpool.registry import POOLINGS
+
+# The classic Flatten + Dense baseline first, then every pooling.
+HEADS = ("flatten", *POOLINGS)
+
+
+def check_learning_rate(learning_rate):
+    """Raises a Keras-style `ValueError` unless `learning_rate` is finite and > 0.
+
+    Args:
+        learning_rate: a real number.
+
+    Returns:
+        `learning_rate`, unchanged.
+
+    Example:
+
+    >>> from keras_globalpool.cli.settings import check_learning_rate
+    >>> check_learning_rate(3e-4)
+    0.0003
+    """
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, numbers.Real)
+        or not (math.isfinite(learning_rate) and learning_rate > 0)
+    ):
+        raise ValueError(
+            "`learning_rate` must be a finite number > 0. "
+            f"Received: learning_rate={learning_rate!r}"
+        )
+    return learning_rate
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareSettings:
+    """Everything `compare` needs, with the defaults of the command line.
+
+    Args:
+        data: string. A `kgp.data.load` source: `"translated-digits"`,
+            `"digits"`, a folder of class subfolders or a `.npz` file.
+        image_size: optional int. Resize the images to this square size.
+        backbone: string. `"small-cnn"` or a `keras.applications` name.
+        weights: `None`, `"imagenet"` or a weights file, for applications.
+            With weights, the backbone is frozen and the heads train on
+            cached features.
+        heads: tuple of head names, from `HEADS`.
+        epochs: int. Epochs per training.
+        seeds: int. Trainings per head, with seeds 0, 1, ...
+        batch_size: int.
+        learning_rate: float > 0. Adam's learning rate.
+        test_fraction: float. The share of images held out for testing.
+        max_samples: optional int. Keep at most this many images (stratified).
+        run_name: string. Names the report and export folders: one folder
+            name of letters, digits, `.`, `_` and `-`.
+        report_dir: string. The report goes to `report_dir/run_name/`.
+        saved_models: string. Models go to `saved_models/run_name/<head>/`.
+        export: bool. Save and export each head's first-seed model.
+        overwrite: bool. Replace the folders of an earlier run of the same
+            name; without it, such a run is refused.
+    """
+
+    data: str = "translated-digits"
+    image_size: int | None = None
+    backbone: str = SMALL_CNN
+    weights: str | None = None
+    heads: tuple = HEADS
+    epochs: int = 12
+    seeds: int = 3
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    test_fraction: float = 0.2
+    max_samples: int | None = None
+    run_name: str = dataclasses.field(
+        default_factory=lambda: time.strftime("compare-%Y%m%d-%H%M%S")
+    )
+    report_dir: str = "reports"
+    saved_models: str = "saved_models"
+    export: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self):
+        unknown = [head for head in self.heads if head not in HEADS]
+        if unknown or not self.heads:
+            names = ", ".join(repr(head) for head in HEADS)
+            raise ValueError(
+                f"`heads` must be one or more of {{{names}}}. "
+                f"Received: heads={list(self.heads)!r}"
+            )
+        if len(set(self.heads)) != len(self.heads):
+            raise ValueError(
+                f"`heads` must not repeat a head. Received: heads={list(self.heads)!r}"
+            )
+        for name in ("epochs", "seeds", "batch_size"):
+            check_positive_int(name, getattr(self, name))
+        check_learning_rate(self.learning_rate)
+        check_run_name(self.run_name)
+        check_backbone(self.backbone, self.weights)
+
+    @property
+    def frozen(self):
+        """Whether the backbone is pretrained and frozen."""
+        return self.weights is not None
