@@ -1,6 +1,6 @@
 """keras-globalpool: global-pooling layers and transfer-learning heads for Keras 3."""
 
-from keras_globalpool import data, pool_ops, reference, viz
+from keras_globalpool import pool_ops, reference, viz
 from keras_globalpool.builders.backbones import BACKBONES
 from keras_globalpool.builders.classifier import build_classifier
 from keras_globalpool.builders.feature_extractor import build_feature_extractor
@@ -55,7 +55,6 @@ __all__ = [
     "cache_features",
     "class_activation_maps",
     "custom_objects",
-    "data",
     "export_saved_model",
     "fit_cached",
     "get",

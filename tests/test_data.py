@@ -1,10 +1,10 @@
-"""The data loaders of `keras_globalpool.data`: digits, folders, `.npz` files."""
+"""The data loaders of `keras_globalpool.cli.data`: digits, folders, `.npz` files."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from keras_globalpool import data
+from keras_globalpool.cli import data
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_globalpool import data
+from keras_globalpool.cli import data
 
 # What macOS writes beside each file on a foreign disk: not an image.
 APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_globalpool as kgp
-from keras_globalpool import data
+from keras_globalpool.cli import data
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import keras_globalpool as kgp
-from keras_globalpool import data
+from keras_globalpool.cli import data
 
 EPOCHS = 3
 BATCH = 64

@@ -8,13 +8,13 @@ from rich.console import Console
 
 from keras_globalpool.cli.backbones import SMALL_CNN
 from keras_globalpool.cli.compare import run_compare
+from keras_globalpool.cli.data.sources import DATASETS
 from keras_globalpool.cli.explain_command import add_explain_parser
 from keras_globalpool.cli.export_command import export_keras_file
 from keras_globalpool.cli.interruption import is_interruption
 from keras_globalpool.cli.results import console_table
 from keras_globalpool.cli.settings import HEADS, CompareSettings, check_learning_rate
 from keras_globalpool.cli.verdict import summary
-from keras_globalpool.data.sources import DATASETS
 
 # `--quick`: a smoke test of the whole pipeline in well under a minute.
 QUICK = {"epochs": 2, "seeds": 1, "max_samples": 500}

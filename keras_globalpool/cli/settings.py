@@ -46,7 +46,7 @@ class CompareSettings:
     """Everything `compare` needs, with the defaults of the command line.
 
     Args:
-        data: string. A `kgp.data.load` source: `"translated-digits"`,
+        data: string. A `keras_globalpool.cli.data.load` source: `"translated-digits"`,
             `"digits"`, a folder of class subfolders or a `.npz` file.
         image_size: optional int. Resize the images to this square size.
         backbone: string. `"small-cnn"` or a `keras.applications` name.

@@ -1,8 +1,8 @@
 """The data of `compare`: loaded, checked, fitted to the backbone and split."""
 
-from keras_globalpool import data as kgp_data
+from keras_globalpool.cli import data as kgp_data
 from keras_globalpool.cli.backbones import SMALL_CNN
-from keras_globalpool.data.dataset import MIN_PER_CLASS
+from keras_globalpool.cli.data.dataset import MIN_PER_CLASS
 
 
 def load_splits(settings):

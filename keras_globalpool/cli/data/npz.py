@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 
-from keras_globalpool.data.dataset import ImageDataset
+from keras_globalpool.cli.data.dataset import ImageDataset
 
 
 def _images(x, path):
@@ -114,7 +114,8 @@ def load_npz(path):
     Example:
 
     >>> np.savez("tiny.npz", x=np.zeros((4, 8, 8), "uint8"), y=[0, 1, 0, 1])
-    >>> kgp.data.load_npz("tiny.npz").x.shape
+    >>> from keras_globalpool.cli import data as kgp_data
+    >>> kgp_data.load_npz("tiny.npz").x.shape
     (4, 8, 8, 1)
     """
     path = pathlib.Path(path)

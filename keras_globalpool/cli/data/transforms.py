@@ -16,7 +16,7 @@ def size_pair(image_size):
 
     Example:
 
-    >>> from keras_globalpool.data.transforms import size_pair
+    >>> from keras_globalpool.cli.data.transforms import size_pair
     >>> size_pair(32), size_pair((24, 32))
     ((32, 32), (24, 32))
     """
@@ -45,7 +45,8 @@ def resize(dataset, image_size, batch_size=256):
 
     Example:
 
-    >>> kgp.data.resize(kgp.data.load_digits(), 32).x.shape
+    >>> from keras_globalpool.cli import data as kgp_data
+    >>> kgp_data.resize(kgp_data.load_digits(), 32).x.shape
     (1797, 32, 32, 1)
     """
     import keras

@@ -10,8 +10,8 @@ import pathlib
 
 import numpy as np
 
-from keras_globalpool.data.dataset import ImageDataset
-from keras_globalpool.data.transforms import size_pair
+from keras_globalpool.cli.data.dataset import ImageDataset
+from keras_globalpool.cli.data.transforms import size_pair
 
 # The formats `keras.utils.image_dataset_from_directory` reads.
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
@@ -122,7 +122,8 @@ def load_directory(path, image_size=None):
     ...     for index in range(2):
     ...         keras.utils.save_img(
     ...             f"flowers/{name}/{index}.png", np.zeros((8, 8, 3), "uint8"))
-    >>> data = kgp.data.load_directory("flowers/", image_size=4)
+    >>> from keras_globalpool.cli import data as kgp_data
+    >>> data = kgp_data.load_directory("flowers/", image_size=4)
     >>> data.class_names, data.x.shape
     (('daisy', 'rose'), (4, 4, 4, 3))
     """

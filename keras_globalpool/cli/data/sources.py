@@ -2,9 +2,9 @@
 
 import pathlib
 
-from keras_globalpool.data.digits import load_digits, load_translated_digits
-from keras_globalpool.data.directory import load_directory
-from keras_globalpool.data.npz import load_npz
+from keras_globalpool.cli.data.digits import load_digits, load_translated_digits
+from keras_globalpool.cli.data.directory import load_directory
+from keras_globalpool.cli.data.npz import load_npz
 
 DATASETS = {
     "translated-digits": load_translated_digits,
@@ -33,7 +33,8 @@ def load(source="translated-digits", image_size=None):
 
     Example:
 
-    >>> kgp.data.load("digits").num_classes
+    >>> from keras_globalpool.cli import data as kgp_data
+    >>> kgp_data.load("digits").num_classes
     10
     """
     path = pathlib.Path(source)

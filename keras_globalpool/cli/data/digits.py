@@ -8,7 +8,7 @@ invariance: each digit lands at a random place on a larger, noisy canvas.
 
 import numpy as np
 
-from keras_globalpool.data.dataset import ImageDataset
+from keras_globalpool.cli.data.dataset import ImageDataset
 
 _CLASS_NAMES = tuple(str(d) for d in range(10))
 # sklearn's digits hold 4-bit intensities: 0 to 16.
@@ -31,7 +31,8 @@ def load_digits():
 
     Example:
 
-    >>> kgp.data.load_digits().x.shape
+    >>> from keras_globalpool.cli import data as kgp_data
+    >>> kgp_data.load_digits().x.shape
     (1797, 8, 8, 1)
     """
     images, labels = _sklearn_digits()
@@ -66,7 +67,8 @@ def load_translated_digits(canvas_size=48, digit_size=16, noise=0.25, seed=0):
 
     Example:
 
-    >>> kgp.data.load_translated_digits().x.shape
+    >>> from keras_globalpool.cli import data as kgp_data
+    >>> kgp_data.load_translated_digits().x.shape
     (1797, 48, 48, 1)
     """
     import keras

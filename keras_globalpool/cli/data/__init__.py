@@ -1,16 +1,16 @@
 """Image data for `keras-globalpool compare`: embedded digits, folders, `.npz`."""
 
-from keras_globalpool.data.dataset import (
+from keras_globalpool.cli.data.dataset import (
     ImageDataset,
     check_enough_samples,
     stratified_split,
     stratified_subset,
 )
-from keras_globalpool.data.digits import load_digits, load_translated_digits
-from keras_globalpool.data.directory import load_directory
-from keras_globalpool.data.npz import load_npz
-from keras_globalpool.data.sources import DATASETS, load
-from keras_globalpool.data.transforms import resize, to_rgb
+from keras_globalpool.cli.data.digits import load_digits, load_translated_digits
+from keras_globalpool.cli.data.directory import load_directory
+from keras_globalpool.cli.data.npz import load_npz
+from keras_globalpool.cli.data.sources import DATASETS, load
+from keras_globalpool.cli.data.transforms import resize, to_rgb
 
 __all__ = [
     "DATASETS",

@@ -22,7 +22,8 @@ class ImageDataset:
 
     Example:
 
-    >>> data = kgp.data.ImageDataset(
+    >>> from keras_globalpool.cli import data as kgp_data
+    >>> data = kgp_data.ImageDataset(
     ...     np.zeros((4, 8, 8, 1), "uint8"), np.array([0, 1, 0, 1]), ("a", "b"))
     >>> data.num_classes, data.image_shape
     (2, (8, 8, 1))
@@ -73,9 +74,10 @@ def check_enough_samples(dataset):
 
     Example:
 
-    >>> data = kgp.data.ImageDataset(
+    >>> from keras_globalpool.cli import data as kgp_data
+    >>> data = kgp_data.ImageDataset(
     ...     np.zeros((4, 8, 8, 1), "uint8"), np.array([0, 1, 0, 1]), ("a", "b"))
-    >>> kgp.data.check_enough_samples(data) is data
+    >>> kgp_data.check_enough_samples(data) is data
     True
     """
     if dataset.num_classes < 2:
@@ -111,8 +113,9 @@ def stratified_split(dataset, test_fraction=0.2, seed=0):
 
     Example:
 
-    >>> data = kgp.data.load_digits()
-    >>> train, test = kgp.data.stratified_split(data, test_fraction=0.2)
+    >>> from keras_globalpool.cli import data as kgp_data
+    >>> data = kgp_data.load_digits()
+    >>> train, test = kgp_data.stratified_split(data, test_fraction=0.2)
     >>> len(train.y), len(test.y)
     (1438, 359)
     """
