@@ -33,6 +33,15 @@ class CachedFeatures:
         maps: array of shape `(samples, *feature_map_shape)`: `float16`
             when it keeps every value's precision (see `cache_features`),
             else `float32` (or `float64`).
+
+    Example:
+
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu")])
+    >>> model = kgp.build_classifier(backbone, 3, input_shape=(8, 8, 3))
+    >>> cached = kgp.cache_features(model, np.random.rand(4, 8, 8, 3) * 255)
+    >>> isinstance(cached, kgp.CachedFeatures), len(cached), cached.maps.shape
+    (True, 4, (4, 6, 6, 4))
     """
 
     maps: np.ndarray
@@ -70,11 +79,13 @@ def split_at_pooler(model):
 
     Example:
 
-    >>> model = kgp.build_classifier(
-    ...     "MobileNetV2", 5, input_shape=(96, 96, 3), weights=None)
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu")])
+    >>> model = kgp.build_classifier(backbone, 3, input_shape=(8, 8, 3))
     >>> features, head = kgp.split_at_pooler(model)
-    >>> features.output.shape, head.output.shape
-    ((None, 3, 3, 1280), (None, 5))
+    >>> maps = features.predict(np.zeros((2, 8, 8, 3)), verbose=0)
+    >>> maps.shape, head.predict(maps, verbose=0).shape
+    ((2, 6, 6, 4), (2, 3))
     """
     names = [layer.name for layer in model.layers]
     if "pooler" not in names:
@@ -176,11 +187,12 @@ def cache_features(model, x, batch_size=32, verbose=0):
 
     Example:
 
-    >>> model = kgp.build_classifier(
-    ...     "MobileNetV2", 5, input_shape=(96, 96, 3), weights=None)
-    >>> cached = kgp.cache_features(model, np.zeros((4, 96, 96, 3)))
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu")])
+    >>> model = kgp.build_classifier(backbone, 3, input_shape=(8, 8, 3))
+    >>> cached = kgp.cache_features(model, np.random.rand(4, 8, 8, 3) * 255)
     >>> cached.maps.shape, cached.maps.dtype
-    ((4, 3, 3, 1280), dtype('float16'))
+    ((4, 6, 6, 4), dtype('float16'))
     """
     features, _ = _frozen_feature_model(model)
     pooler = model.get_layer("pooler")
@@ -399,9 +411,16 @@ def predict_cached(model, x, batch_size=32):
 
     Example:
 
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu")])
+    >>> model = kgp.build_classifier(backbone, 3, input_shape=(8, 8, 3))
+    >>> x = np.random.rand(8, 8, 8, 3) * 255
     >>> cached = kgp.cache_features(model, x)
     >>> kgp.predict_cached(model, cached).shape
     (8, 3)
+    >>> np.allclose(kgp.predict_cached(model, cached), model.predict(x, verbose=0),
+    ...             atol=1e-3)
+    True
     """
     _, head = _frozen_feature_model(model)
     return head.predict(_as_features(model, x, batch_size).maps, verbose=0)
