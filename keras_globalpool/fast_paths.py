@@ -31,11 +31,18 @@ free.
 
 Example:
 
+>>> from keras_globalpool.fast_paths import (
+...     pooling_window, window_avg_pool, window_max_pool)
 >>> x = np.random.rand(2, 7, 7, 8).astype("float32")
->>> window = pooling_window(x, axes=(1, 2))
+>>> pooling_window(x, axes=(1,)) is None  # Not the axes of a 2D map.
+True
+>>> window = (7, 7)  # What `pooling_window(x, axes=(1, 2))` gives on TensorFlow.
 >>> avg = window_avg_pool(x, window, axes=(1, 2), keepdims=True)
->>> window_max_pool(x, window, axes=(1, 2), nan_witness=avg).shape
-(2, 8)
+>>> np.allclose(keras.ops.convert_to_numpy(avg)[:, 0, 0], x.mean(axis=(1, 2)))
+True
+>>> pooled = window_max_pool(x, window, axes=(1, 2), nan_witness=avg)
+>>> np.array_equal(keras.ops.convert_to_numpy(pooled), x.max(axis=(1, 2)))
+True
 """
 
 import keras

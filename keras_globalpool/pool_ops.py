@@ -25,9 +25,10 @@ stays below `32 * u` (1.9e-6) at every size from 49 to 2**20 positions, which
 
 Example:
 
+>>> from keras_globalpool.pool_ops import global_avg_pool
 >>> x = np.arange(8, dtype="float32").reshape(1, 2, 2, 2)
->>> global_avg_pool(x, axes=(1, 2)).shape
-(1, 2)
+>>> keras.ops.convert_to_numpy(global_avg_pool(x, axes=(1, 2))).tolist()
+[[3.0, 4.0]]
 """
 
 import math
@@ -82,6 +83,7 @@ def blocked_sum(x, axes, keepdims=False):
 
     Example:
 
+    >>> from keras_globalpool.pool_ops import blocked_sum
     >>> x = np.full((1, 2**20, 1), 100.5, "float32")
     >>> float(blocked_sum(x, axes=(1,))[0, 0]) == 100.5 * 2**20
     True

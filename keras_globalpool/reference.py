@@ -33,6 +33,7 @@ Where the function is not differentiable, the gradient follows TensorFlow:
 
 Example:
 
+>>> from keras_globalpool.reference import avg_pool, max_pool_grad
 >>> x = np.arange(12.0).reshape(1, 2, 2, 3)
 >>> avg_pool(x)
 array([[4.5, 5.5, 6.5]])
@@ -224,6 +225,7 @@ def avg_pool(x, data_format="channels_last", keepdims=False, mask=None):
 
     Example:
 
+    >>> from keras_globalpool.reference import avg_pool
     >>> avg_pool(np.array([[[1.0], [2.0], [6.0]]]))
     array([[3.]])
     """
@@ -245,6 +247,7 @@ def max_pool(x, data_format="channels_last", keepdims=False, mask=None):
 
     Example:
 
+    >>> from keras_globalpool.reference import max_pool
     >>> max_pool(np.array([[[1.0], [2.0], [6.0]]]), mask=[[True, True, False]])
     array([[2.]])
     """
@@ -272,6 +275,7 @@ def mixed_pool(
 
     Example:
 
+    >>> from keras_globalpool.reference import mixed_pool
     >>> mixed_pool(np.array([[[1.0], [2.0], [6.0]]]))
     array([[3., 6.]])
     """
@@ -306,6 +310,7 @@ def gem_pool(
 
     Example:
 
+    >>> from keras_globalpool.reference import gem_pool
     >>> gem_pool(np.array([[[1.0], [7.0]]]), p=2.0)
     array([[5.]])
     """
@@ -348,6 +353,7 @@ def attention_pool(
 
     Example:
 
+    >>> from keras_globalpool.reference import attention_pool
     >>> x = np.array([[[0.0], [np.log(3.0)]]])
     >>> _, w = attention_pool(x, [[1.0]], [0.0], [[1.0]], [0.0], "softmax")
     >>> w
@@ -378,6 +384,7 @@ def avg_pool_grad(x, dy, data_format="channels_last", keepdims=False, mask=None)
 
     Example:
 
+    >>> from keras_globalpool.reference import avg_pool_grad
     >>> avg_pool_grad(np.zeros((1, 4, 1)), np.ones((1, 1)))["x"][0, :, 0]
     array([0.25, 0.25, 0.25, 0.25])
     """
@@ -401,6 +408,7 @@ def max_pool_grad(x, dy, data_format="channels_last", keepdims=False, mask=None)
 
     Example:
 
+    >>> from keras_globalpool.reference import max_pool_grad
     >>> x = np.array([[[1.0], [3.0], [3.0], [2.0]]])
     >>> max_pool_grad(x, np.ones((1, 1)))["x"][0, :, 0]
     array([0. , 0.5, 0.5, 0. ])
@@ -436,6 +444,7 @@ def mixed_pool_grad(
 
     Example:
 
+    >>> from keras_globalpool.reference import mixed_pool_grad
     >>> x = np.array([[[1.0], [2.0], [6.0]]])
     >>> mixed_pool_grad(x, np.ones((1, 1)), "learned", gate=[0.5])["gate"]
     array([-3.])
@@ -483,6 +492,7 @@ def gem_pool_grad(
 
     Example:
 
+    >>> from keras_globalpool.reference import gem_pool_grad
     >>> float(gem_pool_grad(np.array([[[2.0], [2.0]]]), np.ones((1, 1)))["p"])
     0.0
     """
@@ -534,6 +544,7 @@ def attention_pool_grad(
 
     Example:
 
+    >>> from keras_globalpool.reference import attention_pool_grad
     >>> x, dy = np.ones((1, 3, 2)), np.ones((1, 2))
     >>> grads = attention_pool_grad(x, dy, np.ones((2, 1)), [0.0], [[1.0]], [0.0])
     >>> grads["x"].shape, grads["hidden_kernel"].shape

@@ -24,6 +24,7 @@ def export_keras_file(model_path, out_dir, version=None, threshold=0.5):
 
     Example:
 
+    >>> import os
     >>> model = kgp.build_classifier(
     ...     "MobileNetV2", 3, input_shape=(32, 32, 3), weights=None)
     >>> model.save("flowers.keras")

@@ -51,6 +51,11 @@ def attention_maps(model, images, normalize=False, layer_name=None, batch_size=3
 
     Example:
 
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, strides=4)])
+    >>> model = kgp.build_classifier(
+    ...     backbone, 3, input_shape=(32, 32, 3), pooling="attention")
+    >>> images = np.random.rand(4, 32, 32, 3) * 255
     >>> kgp.attention_maps(model, images).shape
     (4, 32, 32)
     """

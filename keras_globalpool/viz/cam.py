@@ -79,9 +79,13 @@ def class_activation_maps(
 
     Example:
 
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, strides=4)])
+    >>> model = kgp.build_classifier(backbone, 3, input_shape=(32, 32, 3))
+    >>> images = np.random.rand(4, 32, 32, 3) * 255
     >>> maps = kgp.class_activation_maps(model, images)
-    >>> maps.shape
-    (4, 32, 32)
+    >>> maps.shape, float(maps.min()), float(maps.max())
+    ((4, 32, 32), 0.0, 1.0)
     """
     images = image_batch(images)
     pool = explained_layer(model, layer_name)
@@ -114,8 +118,15 @@ def resolve_method(model, method="auto", layer_name=None):
 
     Example:
 
+    >>> from keras_globalpool.viz.cam import resolve_method
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, strides=4)])
+    >>> gap_dense_model = kgp.build_classifier(backbone, 3, input_shape=(32, 32, 3))
     >>> resolve_method(gap_dense_model)
     'cam'
+    >>> resolve_method(
+    ...     kgp.build_classifier(backbone, 3, input_shape=(32, 32, 3), pooling="max"))
+    'gradcam'
     """
     check_option("method", method, METHODS)
     pool = explained_layer(model, layer_name)

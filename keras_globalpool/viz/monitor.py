@@ -80,8 +80,16 @@ class PooledFeatureMonitor(keras.callbacks.Callback):
 
     Example:
 
-    >>> monitor = kgp.PooledFeatureMonitor(x_val[:64], verbose=1)
-    >>> history = model.fit(x, y, epochs=3, callbacks=[monitor])
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, strides=4)])
+    >>> model = kgp.build_classifier(backbone, 3, input_shape=(32, 32, 3))
+    >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    >>> x, y = np.random.rand(8, 32, 32, 3) * 255, np.arange(8) % 3
+    >>> monitor = kgp.PooledFeatureMonitor(x[:4], verbose=1)
+    >>> history = model.fit(x, y, epochs=3, callbacks=[monitor], verbose=0)
+    Epoch 1: pooler features mean=... std=... dead=...% saturated=...%
+    Epoch 2: pooler features mean=... std=... dead=...% saturated=...%
+    Epoch 3: pooler features mean=... std=... dead=...% saturated=...%
     >>> len(history.history["pooled_dead_fraction"])
     3
     """

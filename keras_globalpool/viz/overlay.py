@@ -38,6 +38,10 @@ def save_overlay(
 
     Example:
 
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, strides=4)])
+    >>> model = kgp.build_classifier(backbone, 3, input_shape=(32, 32, 3))
+    >>> images = np.random.randint(0, 256, (2, 32, 32, 3), dtype="uint8")
     >>> maps = kgp.class_activation_maps(model, images)
     >>> kgp.save_overlay(images[0], maps[0], "cam.png")
     'cam.png'

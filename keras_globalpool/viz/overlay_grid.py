@@ -50,8 +50,14 @@ def overlay_grid(
 
     Example:
 
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, strides=4)])
+    >>> avg_model = kgp.build_classifier(backbone, 3, input_shape=(32, 32, 3))
+    >>> max_model = kgp.build_classifier(
+    ...     backbone, 3, input_shape=(32, 32, 3), pooling="max")
+    >>> x_test = np.random.randint(0, 256, (4, 32, 32, 3), dtype="uint8")
     >>> kgp.viz.overlay_grid({"avg": avg_model, "max": max_model},
-    ...                      x_test[:4], "heads.png")
+    ...                      x_test[:2], "heads.png")
     'heads.png'
     """
     if not models_by_head:

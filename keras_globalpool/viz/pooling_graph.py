@@ -38,8 +38,17 @@ def find_pooling_layer(model, layer_name=None, layer_types=POOLING_TYPES):
 
     Example:
 
+    >>> from keras_globalpool.viz.pooling_graph import find_pooling_layer
+    >>> backbone = keras.Sequential(
+    ...     [keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, strides=4)])
+    >>> model = kgp.build_classifier(backbone, 3, input_shape=(32, 32, 3))
     >>> find_pooling_layer(model).name
     'pooler'
+    >>> plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+    ...                           keras.layers.GlobalAveragePooling2D(name="gap"),
+    ...                           keras.layers.Dense(2)])
+    >>> find_pooling_layer(plain).name
+    'gap'
     """
     if layer_name is not None:
         return model.get_layer(layer_name)
