@@ -11,7 +11,6 @@ from keras_globalpool.cached import (
     cache_features,
     fit_cached,
     predict_cached,
-    split_at_pooler,
 )
 from keras_globalpool.export import export_saved_model
 from keras_globalpool.layers import (
@@ -24,6 +23,7 @@ from keras_globalpool.layers import (
 )
 from keras_globalpool.layers.frozen_batch_norm import FrozenBatchNormalization
 from keras_globalpool.layers.preprocessing import BackbonePreprocessing
+from keras_globalpool.pooler import split_at_pooler
 from keras_globalpool.registry import POOLINGS, custom_objects, get
 from keras_globalpool.safe_loading import load_model
 from keras_globalpool.viz import (

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from keras_globalpool.layers.frozen_batch_norm import FrozenBatchNormalization
+from keras_globalpool.pooler import POOLER_NAME, split_at_pooler
 
 # The largest finite float16.
 FLOAT16_MAX = float(np.finfo("float16").max)
@@ -62,47 +63,6 @@ def _float16_keeps_precision(maps, channel_axis):
     scale = np.abs(maps).max(axis=others) if others else np.abs(maps)
     in_range = (scale >= FLOAT16_TINY) & (scale <= FLOAT16_MAX)
     return bool(np.all((scale == 0) | in_range))
-
-
-def split_at_pooler(model):
-    """Splits a model where its `"pooler"` layer takes the feature maps.
-
-    Args:
-        model: a Functional `keras.Model` with one layer named `"pooler"`,
-            called once, such as a `kgp.build_classifier` model.
-
-    Returns:
-        `(features, head)`: a model from the images to the pooler's input
-        (preprocessing and backbone), and a model from those maps to the
-        outputs (pooler, dropout, hidden layers, predictions). Both share
-        `model`'s layer objects.
-
-    Example:
-
-    >>> backbone = keras.Sequential(
-    ...     [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu")])
-    >>> model = kgp.build_classifier(backbone, 3, input_shape=(8, 8, 3))
-    >>> features, head = kgp.split_at_pooler(model)
-    >>> maps = features.predict(np.zeros((2, 8, 8, 3)), verbose=0)
-    >>> maps.shape, head.predict(maps, verbose=0).shape
-    ((2, 6, 6, 4), (2, 3))
-    """
-    names = [layer.name for layer in model.layers]
-    if "pooler" not in names:
-        raise ValueError(
-            "`model` must have a layer named 'pooler' that pools the "
-            "backbone's feature maps, as `kgp.build_classifier` makes. "
-            f"Received: a model with layers {names}"
-        )
-    pooler = model.get_layer("pooler")
-    try:
-        maps = pooler.input
-    except (AttributeError, ValueError) as error:
-        raise ValueError(
-            "`model`'s 'pooler' must be called once, on one feature map; "
-            "cached training does not support multi-scale heads."
-        ) from error
-    return keras.Model(model.inputs, maps), keras.Model(maps, model.outputs)
 
 
 def _frozen_feature_model(model):
@@ -195,7 +155,7 @@ def cache_features(model, x, batch_size=32, verbose=0):
     ((4, 6, 6, 4), dtype('float16'))
     """
     features, _ = _frozen_feature_model(model)
-    pooler = model.get_layer("pooler")
+    pooler = model.get_layer(POOLER_NAME)
     data_format = getattr(pooler, "data_format", None)
     data_format = data_format or keras.config.image_data_format()
     channel_axis = 1 if data_format == "channels_first" else -1

@@ -12,6 +12,7 @@ from keras_globalpool.builders.head import (
     classification_head,
     make_pooler,
 )
+from keras_globalpool.pooler import POOLER_NAME
 
 
 def build_classifier(
@@ -109,7 +110,7 @@ def build_classifier(
     check_head_arguments(num_classes, dropout, hidden_units, hidden_dropout)
 
     # === Layers ===
-    pooler = make_pooler(pooling, name="pooler")
+    pooler = make_pooler(pooling, name=POOLER_NAME)
     base, spec = resolve_backbone(backbone, input_shape, weights)
     preprocess, backbone_model = prepare_backbone(
         base,

@@ -8,6 +8,7 @@ from keras_globalpool.builders.backbones import (
     resolve_backbone,
 )
 from keras_globalpool.builders.head import make_pooler
+from keras_globalpool.pooler import POOLER_NAME
 
 
 def build_feature_extractor(
@@ -62,7 +63,7 @@ def build_feature_extractor(
     (2, 1280)
     """
     # === Layers ===
-    pooler = make_pooler(pooling, name="pooler")
+    pooler = make_pooler(pooling, name=POOLER_NAME)
     base, spec = resolve_backbone(backbone, input_shape, weights)
     preprocess, backbone_model = prepare_backbone(
         base,

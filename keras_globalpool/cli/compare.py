@@ -10,7 +10,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_globalpool.cached import split_at_pooler
 from keras_globalpool.cli.backbones import build_model
 from keras_globalpool.cli.interruption import is_interruption
 from keras_globalpool.cli.measure import latency_ms, memory_meter
@@ -30,6 +29,7 @@ from keras_globalpool.cli.settings import HEADS
 from keras_globalpool.cli.splits import load_splits
 from keras_globalpool.cli.training import TRAINERS
 from keras_globalpool.export import export_saved_model
+from keras_globalpool.pooler import split_at_pooler
 from keras_globalpool.viz.overlay_grid import head_heatmaps
 
 # How many test images the report's heatmap grid shows.

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_globalpool.layers import GlobalAttentionPooling
+from keras_globalpool.pooler import find_pooling_layer
 from keras_globalpool.viz.heatmaps import (
     image_batch,
     normalize_heatmaps,
@@ -14,7 +15,6 @@ from keras_globalpool.viz.heatmaps import (
 from keras_globalpool.viz.layout_errors import channels_first_cpu_errors
 from keras_globalpool.viz.pooling_graph import (
     data_format_of,
-    find_pooling_layer,
     image_feature_map,
     model_input,
 )

@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_globalpool.arguments import check_option
 from keras_globalpool.layers import GlobalAveragePooling
+from keras_globalpool.pooler import POOLER_NAME, POOLING_TYPES, find_pooling_layer
 from keras_globalpool.viz.gradcam import channels_last_array, gradcam_explainer
 from keras_globalpool.viz.heatmaps import (
     image_batch,
@@ -15,10 +16,7 @@ from keras_globalpool.viz.heatmaps import (
 )
 from keras_globalpool.viz.layout_errors import channels_first_cpu_errors
 from keras_globalpool.viz.pooling_graph import (
-    POOLER_NAME,
-    POOLING_TYPES,
     data_format_of,
-    find_pooling_layer,
     image_feature_map,
     model_input,
     model_output,

@@ -5,7 +5,8 @@ import numpy as np
 from keras import ops
 
 from keras_globalpool.arguments import check_positive_int
-from keras_globalpool.viz.pooling_graph import find_pooling_layer, model_input
+from keras_globalpool.pooler import find_pooling_layer
+from keras_globalpool.viz.pooling_graph import model_input
 
 STATISTICS = ("mean", "std", "dead_fraction", "saturated_fraction")
 
