@@ -209,12 +209,17 @@ def count_valid(x, axes, mask=None, keepdims=False):
     return ops.sum(ops.cast(mask, x.dtype), axis=axes, keepdims=keepdims)
 
 
-def _where_valid(pooled, axes, mask, keepdims):
-    """Replaces the result of fully masked samples by zeros."""
-    if mask is None:
+def _zeros_where_empty(pooled, count):
+    """Zeros for the samples whose `count` of valid positions is 0."""
+    return ops.where(count > 0, pooled, ops.zeros_like(pooled))
+
+
+def _where_valid(pooled, x, axes, mask, keepdims):
+    """Zeros for samples with nothing to pool: fully masked, or of a size
+    that turns out to be 0 at run time."""
+    if mask is None and _static_sizes(x, axes):
         return pooled
-    any_valid = ops.any(mask, axis=axes, keepdims=keepdims)
-    return ops.where(any_valid, pooled, ops.zeros_like(pooled))
+    return _zeros_where_empty(pooled, count_valid(x, axes, mask, keepdims))
 
 
 def _short_window(window):
@@ -265,15 +270,11 @@ def global_max_pool(x, axes, mask=None, keepdims=False):
     """
     if _no_elements(x):
         return _empty_pool(x, axes, keepdims)
-    if mask is None:
-        pooled = ops.max(x, axis=axes, keepdims=keepdims)
-        if _static_sizes(x, axes):
-            return pooled
-        # A size known only at run time may be 0, where the max is -inf.
-        return ops.where(count_valid(x, axes) > 0, pooled, ops.zeros_like(pooled))
-    x = ops.where(mask, x, float("-inf"))
+    if mask is not None:
+        x = ops.where(mask, x, float("-inf"))
+    # The max of nothing is -inf: fully masked, or a size 0 at run time.
     pooled = ops.max(x, axis=axes, keepdims=keepdims)
-    return _where_valid(pooled, axes, mask, keepdims)
+    return _where_valid(pooled, x, axes, mask, keepdims)
 
 
 def global_avg_max_pool(x, axes, mask=None, keepdims=False):
@@ -342,8 +343,7 @@ def global_gem_pool(x, p, axes, mask=None, eps=1e-6, keepdims=False):
     # and its gradient finite.
     log_mean = ops.log(_nonzero(total) / _nonzero(count)) + peak
     # Zeros where nothing is valid: fully masked, or a size that turns out 0.
-    pooled = ops.exp(log_mean / p)
-    pooled = ops.where(count > 0, pooled, ops.zeros_like(pooled))
+    pooled = _zeros_where_empty(ops.exp(log_mean / p), count)
     return pooled if keepdims else ops.squeeze(pooled, axis=axes)
 
 
