@@ -503,6 +503,60 @@ class TestMultiscale:
             model(x, training=True), model(x, training=False), rtol=1e-6
         )
 
+    def test_is_build_classifier_with_stages(self):
+        # The two builders share one assembly: the same seed gives the same
+        # model, layer for layer, and the same predictions.
+        backbone = _tiny_backbone()
+        kwargs = dict(input_shape=(16, 16, 3), pooling="gem", dropout=0.0)
+        keras.utils.set_random_seed(3)
+        multiscale = kgp.build_multiscale_classifier(
+            backbone, 2, stages=["block1", "block2"], **kwargs
+        )
+        keras.utils.set_random_seed(3)
+        classifier = kgp.build_classifier(
+            backbone, 2, stages=["block1", "block2"], **kwargs
+        )
+        assert [layer.name for layer in multiscale.layers] == [
+            layer.name for layer in classifier.layers
+        ]
+        x = _images(16)
+        np.testing.assert_array_equal(
+            multiscale.predict(x, verbose=0), classifier.predict(x, verbose=0)
+        )
+
+    def test_auto_stages_on_build_classifier(self):
+        model = kgp.build_classifier(
+            "MobileNetV2", 3, input_shape=(64, 64, 3), weights=None, stages="auto"
+        )
+        assert model.get_layer("pooled_features").output.shape == (
+            None,
+            192 + 576 + 1280,
+        )
+        assert [t.shape[1:] for t in model.get_layer("backbone").outputs] == [
+            (8, 8, 192),
+            (4, 4, 576),
+            (2, 2, 1280),
+        ]
+
+    def test_none_is_auto_for_the_multiscale_builder(self):
+        model = kgp.build_multiscale_classifier(
+            "MobileNetV2", 3, input_shape=(64, 64, 3), weights=None, stages=None
+        )
+        assert len(model.get_layer("backbone").outputs) == 3
+
+    @pytest.mark.parametrize("stages", ["all", 3, [], ("block1", 2)])
+    def test_bad_stages(self, stages):
+        with pytest.raises(ValueError, match="`stages` must be"):
+            kgp.build_classifier(
+                _tiny_backbone(), 3, input_shape=(16, 16, 3), stages=stages
+            )
+
+    def test_unknown_keyword_is_a_type_error(self):
+        with pytest.raises(TypeError, match="dropuot"):
+            kgp.build_multiscale_classifier(
+                _tiny_backbone(), 3, stages=["block1"], dropuot=0.5
+            )
+
 
 class TestFeatureExtractor:
     def test_gem_embeddings_are_unit_length(self):

@@ -320,6 +320,26 @@ class TestMethodChoice:
         with pytest.raises(ValueError, match="Pass `layer_name`"):
             kgp.class_activation_maps(model, random_images("channels_last"))
 
+    @pytest.mark.parametrize("method", ["cam", "gradcam"])
+    def test_model_with_two_outputs_raises(self, method):
+        model, _ = classifier()
+        two = keras.Model(model.inputs, [model.output, model.output])
+        with pytest.raises(
+            ValueError, match="single output. Received a model with 2 outputs"
+        ):
+            kgp.class_activation_maps(
+                two, random_images("channels_last"), method=method
+            )
+
+    def test_model_with_two_inputs_raises(self):
+        model, _ = classifier()
+        extra = keras.Input((1,))
+        two = keras.Model([model.input, extra], model.output)
+        with pytest.raises(
+            ValueError, match="single image input. Received a model with 2 image"
+        ):
+            kgp.class_activation_maps(two, random_images("channels_last"))
+
 
 def bright_squares(count, rng, size=32, side=6):
     """Noise, and in images of class 1 a bright square at a random place."""

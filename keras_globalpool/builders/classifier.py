@@ -2,10 +2,9 @@
 
 import keras
 
-from keras_globalpool.builders.backbones import (
+from keras_globalpool.builders.backbone_features import (
     DEFAULT_WEIGHTS,
-    prepare_backbone,
-    resolve_backbone,
+    backbone_features,
 )
 from keras_globalpool.builders.head import (
     check_head_arguments,
@@ -30,6 +29,7 @@ def build_classifier(
     hidden_activation="relu",
     hidden_dropout=0.0,
     preprocessing=None,
+    stages=None,
     name="classifier",
 ):
     """Builds an image classifier: a backbone, a global pooling and a head.
@@ -93,6 +93,16 @@ def build_classifier(
         preprocessing: optional string, a `kgp.BackbonePreprocessing` mode
             (`"caffe"`, `"tf"`, `"torch"` or `"none"`). Defaults to the
             backbone's own mode, or `"none"` for a model.
+        stages: `None`, `"auto"` or a list of names of backbone layers.
+            With stages, the head is multi-scale, as in
+            `build_multiscale_classifier`: the `backbone` sub-model returns
+            each stage's feature map, each has its own pooling layer,
+            `pooler_1`, `pooler_2`, ..., and the layer `pooled_features`
+            concatenates the pooled vectors. `"auto"` picks the registry's
+            stages at strides 8 and 16 and the backbone's output (for
+            `"ResNet50"`: `conv3_block4_out`, `conv4_block6_out` and
+            `conv5_block3_out`); a model needs a list. Defaults to `None`:
+            one `pooler` on the backbone's output.
         name: string. The model's name. Defaults to `"classifier"`.
 
     Returns:
@@ -108,21 +118,20 @@ def build_classifier(
     False
     """
     check_head_arguments(num_classes, dropout, hidden_units, hidden_dropout)
-
-    # === Layers ===
+    # Made first, so a bad `pooling` is refused before the backbone is built.
     pooler = make_pooler(pooling, name=POOLER_NAME)
-    base, spec = resolve_backbone(backbone, input_shape, weights)
-    preprocess, backbone_model = prepare_backbone(
-        base,
-        input_shape,
-        preprocessing or spec.preprocessing,
-        freeze_backbone,
-        freeze_batch_norm=freeze_batch_norm,
+    images, features = backbone_features(
+        backbone, input_shape, weights, preprocessing, freeze_batch_norm, stages
     )
-
-    # === Functional Model ===
-    images = keras.Input(input_shape, name="images")
-    pooled = pooler(backbone_model(preprocess(images)))
+    if stages is None:
+        pooled = pooler(features)
+    else:
+        pooled = keras.layers.Concatenate(name="pooled_features")(
+            [
+                make_pooler(pooling, name=f"pooler_{index}")(feature_map)
+                for index, feature_map in enumerate(features, start=1)
+            ]
+        )
     outputs = classification_head(
         pooled,
         num_classes,
@@ -132,4 +141,6 @@ def build_classifier(
         hidden_dropout=hidden_dropout,
         activation=activation,
     )
-    return keras.Model(images, outputs, name=name)
+    model = keras.Model(images, outputs, name=name)
+    model.get_layer("backbone").trainable = not freeze_backbone
+    return model

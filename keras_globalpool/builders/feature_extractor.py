@@ -2,10 +2,9 @@
 
 import keras
 
-from keras_globalpool.builders.backbones import (
+from keras_globalpool.builders.backbone_features import (
     DEFAULT_WEIGHTS,
-    prepare_backbone,
-    resolve_backbone,
+    backbone_features,
 )
 from keras_globalpool.builders.head import make_pooler
 from keras_globalpool.pooler import POOLER_NAME
@@ -62,22 +61,14 @@ def build_feature_extractor(
     >>> model.predict(np.zeros((2, 64, 64, 3)), verbose=0).shape
     (2, 1280)
     """
-    # === Layers ===
     pooler = make_pooler(pooling, name=POOLER_NAME)
-    base, spec = resolve_backbone(backbone, input_shape, weights)
-    preprocess, backbone_model = prepare_backbone(
-        base,
-        input_shape,
-        preprocessing or spec.preprocessing,
-        freeze_backbone,
-        freeze_batch_norm=freeze_batch_norm,
+    images, features = backbone_features(
+        backbone, input_shape, weights, preprocessing, freeze_batch_norm
     )
     normalization = (
         keras.layers.UnitNormalization if normalize else keras.layers.Identity
     )
     embeddings = normalization(dtype="float32", name="embeddings")
-
-    # === Functional Model ===
-    images = keras.Input(input_shape, name="images")
-    outputs = embeddings(pooler(backbone_model(preprocess(images))))
-    return keras.Model(images, outputs, name=name)
+    model = keras.Model(images, embeddings(pooler(features)), name=name)
+    model.get_layer("backbone").trainable = not freeze_backbone
+    return model

@@ -8,24 +8,23 @@ def data_format_of(layer):
     return getattr(layer, "data_format", None) or keras.config.image_data_format()
 
 
+def _single(model, tensors, what):
+    if len(tensors) != 1:
+        raise ValueError(
+            f"Model {model.name!r} must have a single {what}. "
+            f"Received a model with {len(tensors)} {what}s."
+        )
+    return tensors[0]
+
+
 def model_input(model):
     """The model's single input tensor, for building sub-models from it."""
-    if len(model.inputs) != 1:
-        raise ValueError(
-            f"Model {model.name!r} must have a single image input. "
-            f"Received a model with {len(model.inputs)} inputs."
-        )
-    return model.inputs[0]
+    return _single(model, model.inputs, "image input")
 
 
 def model_output(model):
     """The model's single output tensor."""
-    if len(model.outputs) != 1:
-        raise ValueError(
-            f"Model {model.name!r} must have a single output. "
-            f"Received a model with {len(model.outputs)} outputs."
-        )
-    return model.outputs[0]
+    return _single(model, model.outputs, "output")
 
 
 def image_feature_map(pool):
