@@ -23,7 +23,7 @@ from keras_globalpool.cli.results import COLUMNS, HeadResult
 from keras_globalpool.cli.verdict import summary
 
 # The baseline head, then every registered pooling in registry order.
-HEADS = ["flatten", *kgp.POOLINGS]
+HEADS = ["flatten", "avg", "max", "mixed", "attention", "gem"]
 TINY = ["--quick", "--epochs", "1", "--max-samples", "120"]
 
 
@@ -219,6 +219,8 @@ def test_quick_and_defaults():
     default = settings_from(parse(["compare"]))
     assert (default.epochs, default.seeds, default.max_samples) == (12, 3, None)
     assert default.heads == tuple(HEADS) and default.weights is None
+    every = settings_from(parse(["compare", "--heads", "all"]))
+    assert every.heads == ("flatten", *kgp.POOLINGS)
     transfer = settings_from(parse(["compare", "--backbone", "ResNet50"]))
     assert transfer.weights == "imagenet" and transfer.frozen
     scratch = settings_from(

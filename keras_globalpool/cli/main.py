@@ -13,7 +13,12 @@ from keras_globalpool.cli.explain_command import add_explain_parser
 from keras_globalpool.cli.export_command import export_keras_file
 from keras_globalpool.cli.interruption import is_interruption
 from keras_globalpool.cli.results import console_table
-from keras_globalpool.cli.settings import HEADS, CompareSettings, check_learning_rate
+from keras_globalpool.cli.settings import (
+    DEFAULT_HEADS,
+    HEADS,
+    CompareSettings,
+    check_learning_rate,
+)
 from keras_globalpool.cli.verdict import summary
 
 # `--quick`: a smoke test of the whole pipeline in well under a minute.
@@ -41,7 +46,7 @@ def _heads(text):
     heads = [head for head in text.split(",") if head]
     if not heads:
         raise argparse.ArgumentTypeError(f"must name at least one head, got {text!r}")
-    return heads
+    return list(HEADS) if heads == ["all"] else heads
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,7 +93,10 @@ def _add_compare(commands):
         "--heads",
         type=_heads,
         action="extend",
-        help=f"comma-separated heads (default: all of {','.join(HEADS)})",
+        help=(
+            f"comma-separated heads among {','.join(HEADS)}, or all "
+            f"(default: {','.join(DEFAULT_HEADS)})"
+        ),
     )
     parser.add_argument(
         "--epochs", type=_positive_int, help=f"default {CompareSettings.epochs}"
@@ -187,7 +195,7 @@ def settings_from(args):
         image_size=args.image_size,
         backbone=args.backbone,
         weights=weights,
-        heads=tuple(args.heads or HEADS),
+        heads=tuple(args.heads or DEFAULT_HEADS),
         epochs=args.epochs or quick.get("epochs", CompareSettings.epochs),
         seeds=args.seeds or quick.get("seeds", CompareSettings.seeds),
         batch_size=args.batch_size,

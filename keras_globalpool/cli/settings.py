@@ -10,8 +10,11 @@ from keras_globalpool.cli.backbones import SMALL_CNN, check_backbone
 from keras_globalpool.cli.outputs import check_run_name
 from keras_globalpool.registry import POOLINGS
 
-# The classic Flatten + Dense baseline first, then every pooling.
+# Every head `compare` can train: the classic Flatten + Dense baseline first,
+# then every pooling.
 HEADS = ("flatten", *POOLINGS)
+# The heads it trains by default: the baseline and the first five poolings.
+DEFAULT_HEADS = ("flatten", "avg", "max", "mixed", "attention", "gem")
 
 
 def check_learning_rate(learning_rate):
@@ -53,7 +56,8 @@ class CompareSettings:
         weights: `None`, `"imagenet"` or a weights file, for applications.
             With weights, the backbone is frozen and the heads train on
             cached features.
-        heads: tuple of head names, from `HEADS`.
+        heads: tuple of head names, from `HEADS`. Defaults to
+            `DEFAULT_HEADS`.
         epochs: int. Epochs per training.
         seeds: int. Trainings per head, with seeds 0, 1, ...
         batch_size: int.
@@ -73,7 +77,7 @@ class CompareSettings:
     image_size: int | None = None
     backbone: str = SMALL_CNN
     weights: str | None = None
-    heads: tuple = HEADS
+    heads: tuple = DEFAULT_HEADS
     epochs: int = 12
     seeds: int = 3
     batch_size: int = 32
