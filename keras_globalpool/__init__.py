@@ -14,10 +14,13 @@ from keras_globalpool.cached import (
 )
 from keras_globalpool.export import export_saved_model
 from keras_globalpool.layers import (
+    BaseAttentionPooling,
     BaseGlobalPooling,
     GlobalAttentionPooling,
     GlobalAveragePooling,
+    GlobalGatedAttentionPooling,
     GlobalGeMPooling,
+    GlobalLSEPooling,
     GlobalMaxPooling,
     GlobalMixedPooling,
 )
@@ -38,12 +41,15 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKBONES",
     "BackbonePreprocessing",
+    "BaseAttentionPooling",
     "BaseGlobalPooling",
     "CachedFeatures",
     "FrozenBatchNormalization",
     "GlobalAttentionPooling",
     "GlobalAveragePooling",
+    "GlobalGatedAttentionPooling",
     "GlobalGeMPooling",
+    "GlobalLSEPooling",
     "GlobalMaxPooling",
     "GlobalMixedPooling",
     "POOLINGS",

@@ -4,6 +4,7 @@ Every message names the argument, what it allows and what it received:
 ``"`mode` must be one of {'concat', 'mean'}. Received: mode='sum'"``.
 """
 
+import math
 import numbers
 
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -103,3 +104,56 @@ def check_rate(name, value):
             f"`{name}` must be a number in [0, 1). Received: {name}={value!r}"
         )
     return value
+
+
+def check_bool(name, value):
+    """Raises a `ValueError` unless `value` is `True` or `False`.
+
+    Args:
+        name: string. The argument's name.
+        value: the value received.
+
+    Returns:
+        `value` as a Python bool.
+
+    Example:
+
+    >>> check_bool("gated", True)
+    True
+    >>> check_bool("gated", "yes")
+    Traceback (most recent call last):
+    ValueError: `gated` must be a bool. Received: gated='yes'
+    """
+    if value not in (True, False):
+        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
+    return bool(value)
+
+
+def check_positive_finite(name, value):
+    """Raises a `ValueError` unless `value` is a finite real number > 0.
+
+    Args:
+        name: string. The argument's name.
+        value: the value received.
+
+    Returns:
+        `value` as a Python float.
+
+    Example:
+
+    >>> check_positive_finite("p", 3)
+    3.0
+    >>> check_positive_finite("p", float("inf"))
+    Traceback (most recent call last):
+    ValueError: `p` must be a finite number > 0. Received: p=inf
+    """
+    if not (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    ):
+        raise ValueError(
+            f"`{name}` must be a finite number > 0. Received: {name}={value!r}"
+        )
+    return float(value)

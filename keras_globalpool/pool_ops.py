@@ -10,8 +10,9 @@ sample. The layers cast to float32 before calling these functions when their
 compute dtype is 16-bit.
 
 Accuracy: every sum over positions (the mean, GeM's sum of powers,
-attention's weights and weighted sum) is a `blocked_sum`, in which no partial
-sum adds more than `SUM_BLOCK` (64) terms. A plain float32 reduction over
+attention's weights and weighted sum, LSE's sums of exponentials) is a
+`blocked_sum`, in which no partial sum adds more than `SUM_BLOCK` (64)
+terms. A plain float32 reduction over
 `n` positions can be off by about `n` units of roundoff: TensorFlow's CPU
 reduction of a `channels_last` map loses 1% at 2**20 positions. Blocked, the
 rounding error is at most `h * u * sum(|x|)` (to first order, `u = 2**-24` in
@@ -347,6 +348,65 @@ def global_gem_pool(x, p, axes, mask=None, eps=1e-6, keepdims=False):
     return pooled if keepdims else ops.squeeze(pooled, axis=axes)
 
 
+def global_lse_pool(x, r, axes, mask=None, keepdims=False):
+    """Log-sum-exp pooling `log(mean(exp(r * x))) / r`.
+
+    Computed shifted by the largest valid `x`, `m`, as
+    `m + log(mean(exp(r * (x - m)))) / r`, which cannot overflow for any
+    `r > 0`. Where that mean is above 1/2 (`r` small against the spread of
+    `x`, near average pooling), it is taken as `log1p(mean(expm1(...)))`
+    instead, which keeps the small differences that `exp` rounds to 1:
+    either way the error of the log term is a few units of roundoff times
+    the spread of the valid values, whatever `r`. Both sums are
+    `blocked_sum`s. NaN propagates, `+inf` gives `+inf`, a `-inf` adds
+    nothing to the mean (but counts), and a channel of `-inf` only gives
+    `-inf`.
+
+    Args:
+        x: tensor to be pooled.
+        r: scalar tensor or float > 0. The sharpness.
+        axes: tuple of int. The spatial axes.
+        mask: optional boolean tensor broadcastable to `x`.
+        keepdims: bool. Keep the reduced axes with size 1.
+
+    Returns:
+        The pooled tensor.
+
+    Example:
+
+    >>> from keras_globalpool.pool_ops import global_lse_pool
+    >>> x = np.array([[[0.0], [np.log(3.0)]]], "float32")  # exp(x) = 1, 3
+    >>> np.round(keras.ops.convert_to_numpy(global_lse_pool(x, 1.0, (1,))), 5)
+    array([[0.69315]], dtype=float32)
+    """
+    if _no_elements(x):
+        return _empty_pool(x, axes, keepdims)
+    peak = _valid_peak(x, axes, mask)
+    shifted = r * (x - peak)  # <= 0 at valid positions
+    if mask is not None:
+        # A double `where`: masked positions take part in neither the value
+        # nor the gradient.
+        shifted = ops.where(mask, shifted, 0.0)
+    terms, small_terms = ops.exp(shifted), ops.expm1(shifted)
+    if mask is not None:
+        terms = ops.where(mask, terms, 0.0)
+        small_terms = ops.where(mask, small_terms, 0.0)
+    count = count_valid(x, axes, mask, keepdims=True)
+    divisor = _nonzero(count)
+    # Where nothing is valid, 1 in place of the sum keeps the log finite; a
+    # sum of 0 with valid positions (all -inf) gives -inf.
+    total = ops.where(count == 0, 1.0, blocked_sum(terms, axes, keepdims=True))
+    small_mean = blocked_sum(small_terms, axes, keepdims=True) / divisor
+    near_mean = small_mean > -0.5
+    log_mean = ops.where(
+        near_mean,
+        ops.log1p(ops.where(near_mean, small_mean, 0.0)),
+        ops.log(total / divisor),
+    )
+    pooled = _zeros_where_empty(peak + log_mean / r, count)
+    return pooled if keepdims else ops.squeeze(pooled, axis=axes)
+
+
 def normalize_scores(logits, axes, mask=None, normalize="sigmoid"):
     """Turns attention logits into weights that sum to 1 over `axes`.
 
@@ -390,3 +450,52 @@ def global_weighted_pool(x, weights, axes, keepdims=False):
         The pooled tensor.
     """
     return blocked_sum(x * weights, axes, keepdims)
+
+
+def gated_attention_logits(
+    features, hidden_kernel, hidden_bias, score_kernel, gate_kernel=None, gate_bias=None
+):
+    """Ilse et al.'s attention score `w^T (tanh(V h + b) * sigmoid(U h + c))`.
+
+    Without `gate_kernel`, the ungated score `w^T tanh(V h + b)`. The
+    pre-activations are made finite first (`inf` to the largest finite
+    value, the NaN of `inf - inf` to 0), so finite features always give
+    finite scores: `tanh` and `sigmoid` saturate instead. A position whose
+    features hold a NaN gets a NaN score, so the NaN spreads to its sample.
+
+    Args:
+        features: tensor of shape `(batch, *positions, channels)`.
+        hidden_kernel: `V^T`, of shape `(channels, units)`.
+        hidden_bias: `b`, of shape `(units,)`.
+        score_kernel: `w`, of shape `(units, 1)`.
+        gate_kernel: optional `U^T`, of shape `(channels, units)`.
+        gate_bias: `c`, of shape `(units,)`; given with `gate_kernel`.
+
+    Returns:
+        The scores, of shape `(batch, *positions, 1)`.
+
+    Example:
+
+    >>> from keras_globalpool.pool_ops import gated_attention_logits
+    >>> h = np.array([[[0.0], [100.0]]], "float32")
+    >>> ones, zeros = np.ones((1, 1), "float32"), np.zeros(1, "float32")
+    >>> z = gated_attention_logits(h, ones, zeros, 2 * ones, ones, zeros)
+    >>> np.round(keras.ops.convert_to_numpy(z)[0, :, 0], 4).tolist()
+    [0.0, 2.0]
+    """
+    # `einsum`, not `matmul` or `tensordot`, with explicit subscripts: see
+    # `GlobalAttentionPooling._logits`.
+    positions = "bxyz"[: len(features.shape) - 1]
+
+    def dense(kernel, bias):
+        pre = ops.einsum(f"{positions}c,cu->{positions}u", features, kernel) + bias
+        return ops.nan_to_num(pre, nan=0.0)
+
+    # tanh(z) = 2 sigmoid(2z) - 1: Keras's jax `tanh` computes float64 in
+    # float32, its `sigmoid` does not.
+    hidden = 2.0 * ops.sigmoid(2.0 * dense(hidden_kernel, hidden_bias)) - 1.0
+    if gate_kernel is not None:
+        hidden = hidden * ops.sigmoid(dense(gate_kernel, gate_bias))
+    logits = ops.einsum(f"{positions}u,uk->{positions}k", hidden, score_kernel)
+    has_nan = ops.any(ops.isnan(features), axis=-1, keepdims=True)
+    return ops.where(has_nan, float("nan"), logits)

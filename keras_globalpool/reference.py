@@ -18,9 +18,12 @@ Backward convention: each `*_grad(x, dy, ...)` function takes `dy`, the
 gradient of a scalar loss with respect to the pooled output (shaped like that
 output), and returns a dict keyed by the name of each differentiable argument:
 `{"x": dx}` for `avg_pool_grad`, `max_pool_grad` and `mixed_pool_grad`
-(plus `"gate"` when `mode="learned"`), `{"x", "p"}` for `gem_pool_grad`, and
+(plus `"gate"` when `mode="learned"`), `{"x", "p"}` for `gem_pool_grad`,
+`{"x", "r"}` for `lse_pool_grad`, and
 `{"x", "hidden_kernel", "hidden_bias", "score_kernel", "score_bias"}` for
-`attention_pool_grad`. Each gradient has its argument's shape; masked
+`attention_pool_grad`, and `{"x", "hidden_kernel", "hidden_bias",
+"score_kernel"}` plus `"gate_kernel"` and `"gate_bias"` when gated for
+`gated_attention_pool_grad`. Each gradient has its argument's shape; masked
 positions of `x` get zero gradient.
 
 Where the function is not differentiable, the gradient follows TensorFlow:
@@ -181,6 +184,33 @@ def _gem_parts(x, valid, p, eps):
     return z, np.where(valid.any(axis=1)[:, None], y, 0.0)
 
 
+def _lse_parts(x, valid, r):
+    """Returns `(peak, terms, log_mean, y)` of LSE pooling with sharpness `r`.
+
+    `y = peak + log_mean / r`, where `peak` is the largest valid `x`,
+    `terms = exp(r * (x - peak))` (0 at masked positions) and `log_mean` is
+    the log of their mean: each term is at most 1 and the largest is 1, so
+    nothing overflows and the mean never underflows to zero. Where the mean
+    is above 1/2 its log is `log1p(mean(expm1(...)))`, which keeps the
+    differences that `exp` rounds to 1 when `r * (x - peak)` is tiny.
+    """
+    inside = valid[..., None]
+    peak = _max(x, valid)
+    shifted = np.where(inside, r * (x - peak[:, None, :]), 0.0)
+    terms = np.where(inside, np.exp(shifted), 0.0)
+    count = _count(valid)
+    has_valid = valid.any(axis=1)[:, None]
+    mean = np.where(has_valid, terms.sum(axis=1), 1.0) / count
+    small_mean = np.where(inside, np.expm1(shifted), 0.0).sum(axis=1) / count
+    log_mean = np.where(
+        small_mean > -0.5,
+        np.log1p(np.maximum(small_mean, -0.5)),
+        np.log(mean),
+    )
+    y = np.where(has_valid, peak + log_mean / r, 0.0)
+    return peak, terms, log_mean, y
+
+
 def _masked_softmax(logits, valid):
     """Softmax over the last axis, valid entries only; all zeros if none."""
     peak = np.where(valid, logits, -np.inf).max(axis=-1, keepdims=True)
@@ -206,6 +236,22 @@ def _attention_parts(x, valid, weights, normalize):
     # form stays finite where sigmoid(z) underflows to 0.
     scores = _log_sigmoid(logits) if normalize == "sigmoid" else logits
     return pre, hidden, logits, _masked_softmax(scores, valid)
+
+
+def _gated_attention_parts(x, valid, weights):
+    """Returns `(tanh, gate, hidden, attention)`, each per position; `gate`
+    is None when ungated."""
+    hidden_kernel, hidden_bias, score_kernel, gate_kernel, gate_bias = (
+        None if w is None else np.asarray(w, dtype=np.float64) for w in weights
+    )
+    tanh = np.tanh(x @ hidden_kernel + hidden_bias)
+    if gate_kernel is None:
+        gate, hidden = None, tanh
+    else:
+        gate = 0.5 * (1.0 + np.tanh(0.5 * (x @ gate_kernel + gate_bias)))
+        hidden = tanh * gate
+    logits = (hidden @ score_kernel)[..., 0]
+    return tanh, gate, hidden, _masked_softmax(logits, valid)
 
 
 # === Forward ===
@@ -318,6 +364,31 @@ def gem_pool(
     return layout.pooled(_gem_parts(x, valid, float(p), float(eps))[1])
 
 
+def lse_pool(x, r=10.0, data_format="channels_last", keepdims=False, mask=None):
+    """Log-sum-exp pooling `log(mean(exp(r * x))) / r` over valid positions.
+
+    Shifted by the largest valid value, so no `r` overflows.
+
+    Args:
+        x: array of rank 3, 4 or 5.
+        r: float > 0. The sharpness: near 0 average pooling, large max.
+        data_format: `"channels_last"` or `"channels_first"`.
+        keepdims: bool. Keep the spatial axes with size 1.
+        mask: optional boolean array of shape `(batch, *spatial)`.
+
+    Returns:
+        The pooled float64 array.
+
+    Example:
+
+    >>> from keras_globalpool.reference import lse_pool
+    >>> lse_pool(np.array([[[0.0], [np.log(3.0)]]]), r=1.0)  # log((1 + 3) / 2)
+    array([[0.69314718]])
+    """
+    x, valid, layout = _flatten(x, data_format, keepdims, mask)
+    return layout.pooled(_lse_parts(x, valid, float(r))[-1])
+
+
 def attention_pool(
     x,
     hidden_kernel,
@@ -362,6 +433,59 @@ def attention_pool(
     weights = (hidden_kernel, hidden_bias, score_kernel, score_bias)
     x, valid, layout = _flatten(x, data_format, keepdims, mask)
     attention = _attention_parts(x, valid, weights, normalize)[-1]
+    pooled = np.einsum("bn,bnc->bc", attention, x)
+    return layout.pooled(pooled), layout.positions(attention)
+
+
+def gated_attention_pool(
+    x,
+    hidden_kernel,
+    hidden_bias,
+    score_kernel,
+    gate_kernel=None,
+    gate_bias=None,
+    data_format="channels_last",
+    keepdims=False,
+    mask=None,
+):
+    """Gated-attention MIL pooling (Ilse et al., 2018).
+
+    With channels last, each position gets the logit
+    `z = (tanh(x @ hidden_kernel + hidden_bias) * sigmoid(x @ gate_kernel +
+    gate_bias)) @ score_kernel`, or `tanh(...) @ score_kernel` without
+    `gate_kernel`. The weights are `softmax(z)` over the valid positions (0
+    at masked ones), and `pooled[c] = sum_n w[n] * x[n, c]`.
+
+    Args:
+        x: array of rank 3, 4 or 5 with C channels.
+        hidden_kernel: array of shape `(C, U)`, the paper's `V` transposed.
+        hidden_bias: array of shape `(U,)`.
+        score_kernel: array of shape `(U, 1)`, the paper's `w`.
+        gate_kernel: optional array of shape `(C, U)`, the paper's `U`
+            transposed. Defaults to `None`: ungated.
+        gate_bias: array of shape `(U,)`, with `gate_kernel`.
+        data_format: `"channels_last"` or `"channels_first"`.
+        keepdims: bool. Keep the spatial axes with size 1.
+        mask: optional boolean array of shape `(batch, *spatial)`.
+
+    Returns:
+        `(pooled, weights)`: the pooled float64 array, and the weights of
+        shape `(batch, *spatial)`.
+
+    Example:
+
+    >>> from keras_globalpool.reference import gated_attention_pool
+    >>> x = np.array([[[0.0], [20.0]]])
+    >>> _, w = gated_attention_pool(x, [[1.0]], [0.0], [[np.log(3.0)]])
+    >>> np.round(w, 6)
+    array([[0.25, 0.75]])
+    >>> _, w = gated_attention_pool(x, [[1.0]], [0.0], [[2.0]], [[0.0]], [0.0])
+    >>> np.round(w, 6)
+    array([[0.268941, 0.731059]])
+    """
+    weights = (hidden_kernel, hidden_bias, score_kernel, gate_kernel, gate_bias)
+    x, valid, layout = _flatten(x, data_format, keepdims, mask)
+    attention = _gated_attention_parts(x, valid, weights)[-1]
     pooled = np.einsum("bn,bnc->bc", attention, x)
     return layout.pooled(pooled), layout.positions(attention)
 
@@ -512,6 +636,46 @@ def gem_pool_grad(
     return {"x": layout.feature_map(dx), "p": np.float64(np.sum(dy * dy_dp))}
 
 
+def lse_pool_grad(
+    x, dy, r=10.0, data_format="channels_last", keepdims=False, mask=None
+):
+    """Gradient of `lse_pool`.
+
+    With `w = softmax(r * x)` over the valid positions and LSE `y`:
+    `dy/dx_i = w_i`, and `dy/dr = (sum_i w_i * x_i - y) / r`, computed as
+    `(sum_i w_i * (x_i - peak) - (y - peak)) / r` so that `x`'s common part
+    cancels exactly.
+
+    Args:
+        x: the input of `lse_pool`.
+        dy: gradient of the loss with respect to the pooled output.
+        r: float > 0. The sharpness.
+        data_format: `"channels_last"` or `"channels_first"`.
+        keepdims: bool. Keep the spatial axes with size 1.
+        mask: optional boolean array of shape `(batch, *spatial)`.
+
+    Returns:
+        `{"x": dx, "r": dr}`, with `dr` a float64 scalar.
+
+    Example:
+
+    >>> from keras_globalpool.reference import lse_pool_grad
+    >>> x = np.array([[[0.0], [np.log(3.0)]]])
+    >>> lse_pool_grad(x, np.ones((1, 1)), r=1.0)["x"][0, :, 0]
+    array([0.25, 0.75])
+    """
+    r = float(r)
+    x, valid, layout = _flatten(x, data_format, keepdims, mask)
+    dy = layout.flat_pooled(dy, x.shape[-1])
+    peak, terms, log_mean, _ = _lse_parts(x, valid, r)
+    has_valid = valid.any(axis=1)[:, None]
+    w = terms / np.where(has_valid, terms.sum(axis=1), 1.0)[:, None, :]
+    centred = np.where(valid[..., None], x - peak[:, None, :], 0.0)
+    dy_dr = np.where(has_valid, (np.sum(w * centred, axis=1) - log_mean / r) / r, 0.0)
+    dx = w * dy[:, None, :]
+    return {"x": layout.feature_map(dx), "r": np.float64(np.sum(dy * dy_dr))}
+
+
 def attention_pool_grad(
     x,
     dy,
@@ -578,3 +742,75 @@ def attention_pool_grad(
         "score_kernel": np.einsum("bnu,bn->u", hidden, d_logits)[:, None],
         "score_bias": np.array([d_logits.sum()]),
     }
+
+
+def gated_attention_pool_grad(
+    x,
+    dy,
+    hidden_kernel,
+    hidden_bias,
+    score_kernel,
+    gate_kernel=None,
+    gate_bias=None,
+    data_format="channels_last",
+    keepdims=False,
+    mask=None,
+):
+    """Gradient of `gated_attention_pool`'s pooled output.
+
+    Args:
+        x: the input of `gated_attention_pool`.
+        dy: gradient of the loss with respect to the pooled output.
+        hidden_kernel: array of shape `(C, U)`.
+        hidden_bias: array of shape `(U,)`.
+        score_kernel: array of shape `(U, 1)`.
+        gate_kernel: optional array of shape `(C, U)`.
+        gate_bias: array of shape `(U,)`, with `gate_kernel`.
+        data_format: `"channels_last"` or `"channels_first"`.
+        keepdims: bool. Keep the spatial axes with size 1.
+        mask: optional boolean array of shape `(batch, *spatial)`.
+
+    Returns:
+        `{"x", "hidden_kernel", "hidden_bias", "score_kernel"}`, plus
+        `"gate_kernel"` and `"gate_bias"` when gated, each gradient shaped
+        like its argument.
+
+    Example:
+
+    >>> from keras_globalpool.reference import gated_attention_pool_grad
+    >>> x, dy = np.ones((1, 3, 2)), np.ones((1, 2))
+    >>> grads = gated_attention_pool_grad(
+    ...     x, dy, np.ones((2, 4)), np.zeros(4), np.ones((4, 1)),
+    ...     np.ones((2, 4)), np.zeros(4))
+    >>> sorted(grads), grads["gate_kernel"].shape
+    (['gate_bias', 'gate_kernel', 'hidden_bias', 'hidden_kernel', 'score_kernel', 'x'], (2, 4))
+    """  # noqa: E501
+    weights = (hidden_kernel, hidden_bias, score_kernel, gate_kernel, gate_bias)
+    x, valid, layout = _flatten(x, data_format, keepdims, mask)
+    dy = layout.flat_pooled(dy, x.shape[-1])
+    tanh, gate, hidden, attention = _gated_attention_parts(x, valid, weights)
+    hidden_kernel = np.asarray(hidden_kernel, dtype=np.float64)
+    score_kernel = np.asarray(score_kernel, dtype=np.float64)
+
+    # pooled = sum_n a_n x_n, with a = softmax(z) over valid positions.
+    dx = attention[..., None] * dy[:, None, :]
+    d_attention = np.einsum("bnc,bc->bn", x, dy)
+    d_logits = attention * (
+        d_attention - np.sum(attention * d_attention, axis=1, keepdims=True)
+    )
+    d_hidden = d_logits[..., None] * score_kernel[:, 0]
+    d_tanh = d_hidden if gate is None else d_hidden * gate
+    d_pre = d_tanh * (1.0 - tanh**2)
+    dx = dx + d_pre @ hidden_kernel.T
+    grads = {
+        "hidden_kernel": np.einsum("bnc,bnu->cu", x, d_pre),
+        "hidden_bias": d_pre.sum(axis=(0, 1)),
+        "score_kernel": np.einsum("bnu,bn->u", hidden, d_logits)[:, None],
+    }
+    if gate is not None:
+        d_gate_pre = d_hidden * tanh * gate * (1.0 - gate)
+        dx = dx + d_gate_pre @ np.asarray(gate_kernel, dtype=np.float64).T
+        grads["gate_kernel"] = np.einsum("bnc,bnu->cu", x, d_gate_pre)
+        grads["gate_bias"] = d_gate_pre.sum(axis=(0, 1))
+    dx = np.where(valid[..., None], dx, 0.0)
+    return {"x": layout.feature_map(dx), **grads}

@@ -5,7 +5,9 @@ import keras
 from keras_globalpool.layers import (
     GlobalAttentionPooling,
     GlobalAveragePooling,
+    GlobalGatedAttentionPooling,
     GlobalGeMPooling,
+    GlobalLSEPooling,
     GlobalMaxPooling,
     GlobalMixedPooling,
 )
@@ -18,6 +20,8 @@ POOLINGS = {
     "mixed": GlobalMixedPooling,
     "attention": GlobalAttentionPooling,
     "gem": GlobalGeMPooling,
+    "lse": GlobalLSEPooling,
+    "gated_attention": GlobalGatedAttentionPooling,
 }
 
 # Layers the builders put into models, which loading them needs as well.
@@ -43,8 +47,9 @@ def get(identifier, **kwargs):
 
     Args:
         identifier: one of `"avg"`, `"max"`, `"mixed"`, `"attention"`,
-            `"gem"`; a dict from `keras.saving.serialize_keras_object`; or a
-            `keras.layers.Layer`, returned unchanged.
+            `"gem"`, `"lse"`, `"gated_attention"`; a dict from
+            `keras.saving.serialize_keras_object`; or a `keras.layers.Layer`,
+            returned unchanged.
         **kwargs: constructor arguments, used with a name only.
 
     Returns:

@@ -18,13 +18,27 @@ LAYER_CASES = {
     "attention": ("attention", {"reduction": 2}),
     "attention_softmax": ("attention", {"reduction": 2, "normalize": "softmax"}),
     "gem": ("gem", {"p": 3.0}),
+    "lse": ("lse", {"r": 10.0}),
+    "gated_attention": ("gated_attention", {"units": 3}),
+    "gated_attention_ungated": ("gated_attention", {"units": 3, "gated": False}),
 }
 TRAINABLE_WEIGHTS = {
     "mixed_learned": 1,
     "attention": 4,
     "attention_softmax": 4,
     "gem": 1,
+    "lse": 1,
+    "gated_attention": 5,
+    "gated_attention_ungated": 3,
 }
+# The cases that return attention scores on request, and whose weights are
+# shared by every channel.
+ATTENTION_CASES = (
+    "attention",
+    "attention_softmax",
+    "gated_attention",
+    "gated_attention_ungated",
+)
 RANKS = (3, 4, 5)
 DATA_FORMATS = ("channels_last", "channels_first")
 SPATIAL = {3: (6,), 4: (5, 4), 5: (3, 4, 2)}
@@ -59,6 +73,8 @@ def randomize_weights(layer, seed=1):
             new = rng.uniform(0.1, 0.9, size=value.shape)
         elif weight.name == "p":
             new = np.asarray(2.5)
+        elif weight.name == "r":  # positive, as training keeps it
+            new = np.asarray(rng.uniform(0.5, 5.0))
         else:
             new = rng.normal(scale=0.5, size=value.shape)
         weight.assign(new.astype(value.dtype))
@@ -81,18 +97,48 @@ def reference_forward(layer, x, mask=None):
     if isinstance(layer, kgp.GlobalGeMPooling):
         p = float(layer.p_weight.numpy())
         return reference.gem_pool(x, p=p, eps=layer.eps, **common)
-    if isinstance(layer, kgp.GlobalAttentionPooling):
-        pooled, _ = reference.attention_pool(
+    if isinstance(layer, kgp.GlobalLSEPooling):
+        return reference.lse_pool(x, r=float(layer.r_weight.numpy()), **common)
+    if isinstance(layer, (kgp.GlobalAttentionPooling, kgp.GlobalGatedAttentionPooling)):
+        return reference_attention(layer, x, mask)[0]
+    raise TypeError(f"No reference for {type(layer).__name__}")
+
+
+def reference_attention(layer, x, mask=None):
+    """The oracle's `(pooled, scores)` for an attention layer, in float64."""
+    common = {
+        "data_format": layer.data_format,
+        "keepdims": layer.keepdims,
+        "mask": mask,
+    }
+
+    def weight(variable):
+        return np.asarray(ops.convert_to_numpy(variable), np.float64)
+
+    if isinstance(layer, kgp.GlobalGatedAttentionPooling):
+        gate = {}
+        if layer.gated:
+            gate = {
+                "gate_kernel": weight(layer.gate_kernel),
+                "gate_bias": weight(layer.gate_bias),
+            }
+        return reference.gated_attention_pool(
             x,
-            layer.hidden_kernel.numpy(),
-            layer.hidden_bias.numpy(),
-            layer.score_kernel.numpy(),
-            layer.score_bias.numpy(),
-            normalize=layer.normalize,
+            weight(layer.hidden_kernel),
+            weight(layer.hidden_bias),
+            weight(layer.score_kernel),
+            **gate,
             **common,
         )
-        return pooled
-    raise TypeError(f"No reference for {type(layer).__name__}")
+    return reference.attention_pool(
+        x,
+        weight(layer.hidden_kernel),
+        weight(layer.hidden_bias),
+        weight(layer.score_kernel),
+        weight(layer.score_bias),
+        normalize=layer.normalize,
+        **common,
+    )
 
 
 def to_numpy(tensor, dtype=None):

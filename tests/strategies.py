@@ -177,6 +177,8 @@ def built_layer(draw, case, policy, spec):
     }
     if name == "attention":
         kwargs["reduction"] = draw(st.integers(1, 4))
+    if name == "gated_attention":
+        kwargs["units"] = draw(st.integers(1, 4))
     layer = kgp.get(name, **kwargs)
     layer.build(spec["shape"])
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -188,6 +190,8 @@ def built_layer(draw, case, policy, spec):
             )
         elif weight.name == "p":
             new = np.asarray(draw(st.floats(0.5, 8.0)))
+        elif weight.name == "r":  # from near-average to near-max pooling
+            new = np.asarray(draw(st.floats(0.01, 100.0)))
         else:
             new = rng.normal(scale=0.5, size=tuple(weight.shape))
         weight.assign(new.astype(keras.backend.standardize_dtype(weight.dtype)))

@@ -78,6 +78,35 @@ def test_maps_are_the_layer_scores(data_format, normalize):
     np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0, rtol=1e-4)
 
 
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_gated_attention_maps_are_its_scores(data_format, gated):
+    keras.utils.set_random_seed(3)
+    inner = keras.Input(image_shape(data_format))
+    backbone = keras.Model(inner, cpu_safe_conv2d(inner, 8, data_format), name="b")
+    inputs = keras.Input(image_shape(data_format))
+    pooler = kgp.GlobalGatedAttentionPooling(
+        units=4, gated=gated, bias_initializer="random_normal", data_format=data_format
+    )
+    outputs = keras.layers.Dense(3)(pooler(backbone(inputs)))
+    model = keras.Model(inputs, outputs)
+    images = random_images(data_format)
+
+    maps = kgp.attention_maps(model, images)
+
+    features = keras.ops.convert_to_numpy(backbone(images))
+    if data_format == "channels_first":
+        features = np.moveaxis(features, 1, -1)
+    weights = [keras.ops.convert_to_numpy(w) for w in pooler.weights]
+    hidden = np.tanh(features @ weights[0] + weights[1])
+    if gated:
+        hidden = hidden / (1.0 + np.exp(-(features @ weights[2] + weights[3])))
+    logits = (hidden @ weights[-1])[..., 0]
+    expected = np.exp(logits - logits.max(axis=(1, 2), keepdims=True))
+    expected /= expected.sum(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_coarse_scores_are_upsampled_to_the_input(data_format):
     keras.utils.set_random_seed(1)
@@ -127,7 +156,9 @@ def test_model_without_attention_raises():
     inputs = keras.Input((SIZE, SIZE, 3))
     x = kgp.GlobalAveragePooling()(keras.layers.Conv2D(2, 1)(inputs))
     model = keras.Model(inputs, x)
-    with pytest.raises(ValueError, match="GlobalAttentionPooling"):
+    with pytest.raises(
+        ValueError, match="no top-level layer of type {BaseAttentionPooling}"
+    ):
         kgp.attention_maps(model, random_images("channels_last"))
 
 

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from layer_cases import (
+    ATTENTION_CASES,
     DATA_FORMATS,
     LAYER_CASES,
     RANKS,
@@ -89,7 +90,7 @@ class TestRunTimeEmpty:
         for grad in gradients(layer, x, np.ones(out.shape), mask):
             assert np.all(np.isfinite(grad))
 
-    @pytest.mark.parametrize("case", ["attention", "attention_softmax"])
+    @pytest.mark.parametrize("case", ATTENTION_CASES)
     def test_attention_scores_of_a_fully_masked_sample_are_zero(self, case):
         x = np.ones((2, 5, 3), "float32")
         mask = np.array([[False] * 5, [True, True, False, False, False]])

@@ -45,6 +45,7 @@ def _all_layers_model():
         kgp.GlobalMixedPooling(mode="learned", name="mixed")(inputs),
         kgp.GlobalAttentionPooling(reduction=2, name="attention")(inputs),
         kgp.GlobalGeMPooling(p=2.5, name="gem")(inputs),
+        kgp.GlobalLSEPooling(r=4.0, name="lse")(inputs),
     ]
     outputs = keras.layers.Dense(2, name="predictions")(
         keras.layers.Concatenate(name="concat")(pooled)
@@ -110,6 +111,12 @@ BAD_FIELDS = {
     "string p": (_set("gem", p="3"), r"Received: p='3'"),
     "zero eps": (_set("gem", eps=0.0), r"Received: eps=0.0"),
     "string trainable_p": (_set("gem", trainable_p="no"), r"trainable_p='no'"),
+    "negative r": (_set("lse", r=-1.0), r"`r` must be .*Received: r=-1.0"),
+    "zero r": (_set("lse", r=0), r"Received: r=0"),
+    "NaN r": (_set("lse", r=float("nan")), r"Received: r=nan"),
+    "infinite r": (_set("lse", r=float("inf")), r"Received: r=inf"),
+    "boolean r": (_set("lse", r=True), r"Received: r=True"),
+    "string trainable_r": (_set("lse", trainable_r="no"), r"trainable_r='no'"),
     "zero reduction": (_set("attention", reduction=0), r"Received: reduction=0"),
     "float reduction": (_set("attention", reduction=2.5), r"reduction=2.5"),
     "unknown normalize": (_set("attention", normalize="relu"), r"normalize='relu'"),

@@ -11,7 +11,7 @@ import pytest
 import strategies
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from layer_cases import LAYER_CASES
+from layer_cases import ATTENTION_CASES, LAYER_CASES
 
 MAX_EXAMPLES = strategies.examples(40)  # per layer case and invariant
 INVARIANT_POLICIES = ("float32", "float64")
@@ -71,7 +71,7 @@ def test_permutation_invariance(case, data):
     x_perm = _permute_positions(x, fmt, permutation)
     mask_perm = None if mask is None else mask[:, permutation]
 
-    if case.startswith("attention"):
+    if case in ATTENTION_CASES:
         out, scores = layer(x, mask=mask, return_attention_scores=True)
         out_p, scores_p = layer(x_perm, mask=mask_perm, return_attention_scores=True)
         scores = _numpy(scores).reshape(x.shape[0], positions)[:, permutation]

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from keras import ops
 from layer_cases import (
+    ATTENTION_CASES,
     DATA_FORMATS,
     LAYER_CASES,
     RANKS,
@@ -42,8 +43,9 @@ U32 = 2.0**-24
 # roundoffs, whatever the number of positions. An unblocked float32 sum
 # misses it by far at 2**16 positions and more on TensorFlow.
 SUM_RTOL = 32 * U32
-# GeM's floor on `p` (its docstring).
+# GeM's floor on `p` and LSE's on `r` (their docstrings).
 P_FLOOR = 1e-3
+R_FLOOR = 1e-3
 
 
 def _relative_error(out, expected):
@@ -66,7 +68,15 @@ def _float32_layer(case, shape, **kwargs):
     return layer
 
 
-ACCURACY_CASES = ["avg", "mixed", "mixed_mean", "attention", "gem"]
+ACCURACY_CASES = [
+    "avg",
+    "mixed",
+    "mixed_mean",
+    "attention",
+    "gem",
+    "lse",
+    "gated_attention",
+]
 # torch.compile takes about 20 s per model on CPU: torch runs uncompiled.
 JIT_COMPILE = [False] if BACKEND == "torch" else [False, True]
 
@@ -230,7 +240,7 @@ class TestEmptyBatch:
         out = layer(np.zeros((0, 5, 3), "float32"), mask=np.ones((0, 5), bool))
         assert tuple(out.shape) == _out_shape(layer, (0, 5, 3))
 
-    @pytest.mark.parametrize("case", ["attention", "attention_softmax"])
+    @pytest.mark.parametrize("case", ATTENTION_CASES)
     def test_attention_scores(self, case):
         _, scores = make_layer(case)(
             np.zeros((0, 4, 4, 3), "float32"), return_attention_scores=True
@@ -269,6 +279,12 @@ class TestEmptyBatch:
 def _gem_model():
     inputs = keras.Input((6, 6, 2))
     layer = kgp.GlobalGeMPooling(p=3.0, name="gem")
+    return keras.Model(inputs, layer(inputs)), layer
+
+
+def _lse_model():
+    inputs = keras.Input((6, 6, 2))
+    layer = kgp.GlobalLSEPooling(r=10.0, name="lse")
     return keras.Model(inputs, layer(inputs)), layer
 
 
@@ -312,6 +328,26 @@ class TestTrainedParametersStayValid:
         assert math.isfinite(p) and p > 3.0
         assert np.all(np.isfinite(to_numpy(model(_positive_maps()))))
 
+    def test_lse_r_survives_a_huge_step_and_keeps_moving(self):
+        model, layer = _lse_model()
+        _fit(model, target=0.0, learning_rate=1e4)  # pushes r down, hard
+        r = float(_value(layer.r_weight))
+        assert math.isfinite(r) and r >= R_FLOOR, r
+        assert np.all(np.isfinite(to_numpy(model(_positive_maps()))))
+        grads = gradients(layer, _positive_maps(), np.ones((8, 2)))
+        assert np.isfinite(grads[1]) and grads[1] > 0.0  # sharper is larger
+        _fit(model, target=5.0, learning_rate=0.1)  # now pushes r up
+        assert float(_value(layer.r_weight)) > r + 1e-3
+
+    def test_lse_r_stays_finite_when_pushed_up(self):
+        model, layer = _lse_model()
+        _fit(model, target=100.0, learning_rate=1e4)
+        r = float(_value(layer.r_weight))
+        assert math.isfinite(r) and r > 10.0
+        out = to_numpy(model(_positive_maps()))
+        assert np.all(np.isfinite(out))
+        assert np.all(out <= _positive_maps().max(axis=(1, 2)))
+
     @pytest.mark.parametrize("direction", ["up", "down"])
     def test_mixed_gate_stays_in_unit_interval_and_keeps_moving(self, direction):
         # A lower target favours the mean (gate 1), a higher the max (gate 0).
@@ -325,7 +361,7 @@ class TestTrainedParametersStayValid:
         moved = _value(layer.gate)
         assert np.all(moved < 1.0) if direction == "up" else np.all(moved > 0.0)
 
-    @pytest.mark.parametrize("case", ["gem", "mixed_learned"])
+    @pytest.mark.parametrize("case", ["gem", "lse", "mixed_learned"])
     def test_constraint_is_serializable(self, case):
         layer = make_layer(case)
         layer.build((None, 4, 4, 3))
@@ -366,6 +402,30 @@ class TestLoadedParametersAreChecked:
         with pytest.raises(ValueError, match=rf"`p`.*Received: p={bad}"):
             keras.models.load_model(path)
 
+    @pytest.mark.parametrize("bad", BAD_P)
+    def test_lse_weights_file(self, tmp_path, bad):
+        path = tmp_path / "lse.weights.h5"
+        _poisoned(_lse_model, "r_weight", bad).save_weights(path)
+        fresh, layer = _lse_model()
+        with pytest.raises(ValueError, match=rf"'lse'.*`r`.*Received: r={bad}"):
+            fresh.load_weights(path)
+        assert float(_value(layer.r_weight)) == 10.0  # the failed load changed nothing
+
+    @pytest.mark.parametrize("bad", BAD_P)
+    def test_lse_keras_file(self, tmp_path, bad):
+        path = tmp_path / "lse.keras"
+        _poisoned(_lse_model, "r_weight", bad).save(path)
+        with pytest.raises(ValueError, match=rf"`r`.*Received: r={bad}"):
+            keras.models.load_model(path)
+
+    def test_lse_r_below_the_floor_is_used_as_the_floor(self):
+        x = _positive_maps()
+        model, layer = _lse_model()
+        layer.r_weight.assign(1e-9)
+        floored = to_numpy(model(x))
+        layer.r_weight.assign(R_FLOOR)
+        np.testing.assert_array_equal(floored, to_numpy(model(x)))
+
     @pytest.mark.parametrize("bad", BAD_GATE)
     def test_mixed_gate_weights_file(self, tmp_path, bad):
         path = tmp_path / "mixed.weights.h5"
@@ -392,7 +452,8 @@ class TestLoadedParametersAreChecked:
             keras.models.load_model(tmp_path / "attention.keras")
 
     @pytest.mark.parametrize(
-        "make, weight", [(_gem_model, "p_weight"), (_gate_model, "gate")]
+        "make, weight",
+        [(_gem_model, "p_weight"), (_lse_model, "r_weight"), (_gate_model, "gate")],
     )
     def test_valid_values_still_load(self, tmp_path, make, weight):
         model, layer = make()
@@ -449,6 +510,8 @@ class TestDtypesAndInputSpecs:
         [
             ("attention", "channels_last", (2, 5, 4), (2, 5, 5)),
             ("attention", "channels_first", (2, 4, 5), (2, 6, 5)),
+            ("gated_attention", "channels_last", (2, 5, 4), (2, 5, 5)),
+            ("gated_attention_ungated", "channels_first", (2, 4, 5), (2, 6, 5)),
             ("mixed_learned", "channels_last", (2, 3, 3, 4), (2, 3, 3, 2)),
         ],
     )
@@ -460,7 +523,7 @@ class TestDtypesAndInputSpecs:
         message = str(info.value)
         assert "value 4" in message and str(other) in message
 
-    @pytest.mark.parametrize("case", ["avg", "max", "mixed", "gem"])
+    @pytest.mark.parametrize("case", ["avg", "max", "mixed", "gem", "lse"])
     def test_weightless_layers_take_any_rank_and_channels_once_built(self, case):
         layer = make_layer(case, dtype="float64")
         layer(np.ones((2, 5, 4)))

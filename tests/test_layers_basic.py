@@ -105,6 +105,37 @@ class TestBasic:
         small(np.zeros((1, 3, 3, 4), "float32"))
         assert tuple(small.hidden_kernel.shape) == (4, 1)
 
+    @pytest.mark.parametrize(
+        "gated, names",
+        [
+            (
+                True,
+                [
+                    "hidden_kernel",
+                    "hidden_bias",
+                    "gate_kernel",
+                    "gate_bias",
+                    "score_kernel",
+                ],
+            ),
+            (False, ["hidden_kernel", "hidden_bias", "score_kernel"]),
+        ],
+    )
+    def test_gated_attention_weights(self, gated, names):
+        layer = kgp.GlobalGatedAttentionPooling(units=5, gated=gated)
+        layer(np.zeros((1, 7, 20), "float32"))
+        assert [w.name for w in layer.trainable_weights] == names
+        assert tuple(layer.hidden_kernel.shape) == (20, 5)
+        assert tuple(layer.score_kernel.shape) == (5, 1)
+        assert kgp.GlobalGatedAttentionPooling().units == 128  # the authors' size
+
+    def test_trainable_r(self):
+        fixed = kgp.GlobalLSEPooling(trainable_r=False)
+        fixed(np.ones((1, 2, 2, 3), "float32"))
+        assert fixed.trainable_weights == []
+        assert [w.name for w in fixed.non_trainable_weights] == ["r"]
+        assert kgp.GlobalLSEPooling().r == 10.0  # timm's LsePlus2d default
+
     def test_trainable_p(self):
         fixed = kgp.GlobalGeMPooling(trainable_p=False)
         fixed(np.ones((1, 2, 2, 3), "float32"))
@@ -173,17 +204,43 @@ class TestErrors:
         ):
             kgp.GlobalGeMPooling(p=bad)
 
+    @pytest.mark.parametrize(
+        "bad", [0, 0.0, -1.0, -3, float("nan"), float("inf"), "3", None, True, [2.0]]
+    )
+    def test_bad_r(self, bad):
+        with pytest.raises(
+            ValueError, match=r"`r` must be a finite number > 0. Received: r="
+        ):
+            kgp.GlobalLSEPooling(r=bad)
+
+    @pytest.mark.parametrize("bad", ["yes", None, 2])
+    def test_bad_trainable_r(self, bad):
+        with pytest.raises(ValueError, match="Received: trainable_r="):
+            kgp.GlobalLSEPooling(trainable_r=bad)
+
     @pytest.mark.parametrize("bad", [0, -1, 0.5, 2.0, "8", None])
     def test_bad_reduction(self, bad):
         with pytest.raises(ValueError, match="integer >= 1. Received: reduction="):
             kgp.GlobalAttentionPooling(reduction=bad)
+
+    @pytest.mark.parametrize("bad", [0, -1, 0.5, 2.0, "8", None, True])
+    def test_bad_units(self, bad):
+        with pytest.raises(ValueError, match="integer >= 1. Received: units="):
+            kgp.GlobalGatedAttentionPooling(units=bad)
+
+    @pytest.mark.parametrize("bad", ["yes", None, 2, "True"])
+    def test_bad_gated(self, bad):
+        with pytest.raises(
+            ValueError, match=f"`gated` must be a bool. Received: gated={bad!r}"
+        ):
+            kgp.GlobalGatedAttentionPooling(gated=bad)
 
     @pytest.mark.parametrize("bad", [0, -1e-3])
     def test_bad_eps(self, bad):
         with pytest.raises(ValueError, match="Received: eps="):
             kgp.GlobalGeMPooling(eps=bad)
 
-    @pytest.mark.parametrize("case", ["attention", "mixed_learned"])
+    @pytest.mark.parametrize("case", ["attention", "mixed_learned", "gated_attention"])
     def test_unknown_channels_for_weights(self, case):
         with pytest.raises(ValueError, match="known number of channels"):
             make_layer(case)(keras.Input((None, None, None)))

@@ -12,6 +12,7 @@ from layer_cases import (
     make_layer,
     random_input,
     randomize_weights,
+    reference_attention,
     reference_forward,
     to_numpy,
 )
@@ -183,6 +184,33 @@ class TestLimits:
         gem = kgp.GlobalGeMPooling(p=1.0, dtype="float64")
         np.testing.assert_allclose(to_numpy(gem(x)), x.mean(axis=(1, 2)), rtol=1e-10)
 
+    @pytest.mark.parametrize("policy", ["float32", "float64"])
+    def test_lse_small_r_approaches_average(self, policy):
+        # y = mean + r * var / 2 + O(r**2): the error is about r / 2.
+        x = random_input((2, 5, 5, 3))
+        lse = kgp.GlobalLSEPooling(r=1e-3, dtype=policy)
+        out = to_numpy(lse(x.astype(policy)), "float64")
+        mean = x.astype(policy).astype("float64").mean(axis=(1, 2))
+        np.testing.assert_allclose(out, mean, atol=1e-3)
+        assert np.all(out >= mean)  # LSE is never below the mean
+
+    def test_lse_large_r_approaches_max(self):
+        x = random_input((2, 5, 5, 3))
+        lse = kgp.GlobalLSEPooling(r=1e4, dtype="float64")
+        out = to_numpy(lse(x))
+        peak = x.max(axis=(1, 2))
+        assert np.all(out <= peak)
+        # mean(exp(r (x - max))) >= 1 / n: at most log(25) / r below the max.
+        assert np.all(out >= peak - np.log(25.0) / 1e4)
+
+    def test_lse_float16_large_values(self):
+        layer = kgp.GlobalLSEPooling(r=10.0, dtype="mixed_float16")
+        x = np.random.default_rng(0).uniform(500.0, 900.0, (1, 64, 64, 2))
+        out = to_numpy(layer(x.astype("float32")), "float32")
+        assert np.all(np.isfinite(out))
+        exact = reference.lse_pool(x.astype("float16"), r=10.0)
+        np.testing.assert_allclose(out, exact, rtol=1e-3)
+
     def test_gem_large_p_approaches_max(self):
         x = np.abs(random_input((2, 5, 5, 3))) + 0.1
         gem = kgp.GlobalGeMPooling(p=500.0, dtype="float64")
@@ -230,6 +258,44 @@ class TestLimits:
             data_format=data_format,
         )
         np.testing.assert_allclose(scores, expected, rtol=1e-10)
+
+    @pytest.mark.parametrize("case", ["gated_attention", "gated_attention_ungated"])
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_gated_attention_scores_match_reference(self, rank, data_format, case):
+        shape = input_shape(rank, data_format, batch=3)
+        layer = _built(case, shape, data_format=data_format)
+        x = random_input(shape)
+        mask = None
+        if rank == 3:
+            mask = _steps_mask(3, shape[1 if data_format == "channels_last" else 2])
+        pooled, scores = map(
+            to_numpy, layer(x, mask=mask, return_attention_scores=True)
+        )
+        expected_pooled, expected = reference_attention(layer, x, mask)
+        np.testing.assert_allclose(pooled, expected_pooled, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(scores, expected, rtol=1e-10, atol=1e-14)
+        axes = tuple(range(1, rank - 1))
+        np.testing.assert_allclose(np.sum(scores, axis=axes), 1.0, rtol=1e-12)
+
+    def test_open_gate_is_the_ungated_attention(self):
+        """With `sigmoid(U h + c)` = 1 everywhere, the gate changes nothing."""
+        x = random_input((2, 7, 4))
+        gated = _built("gated_attention", x.shape)
+        ungated = _built("gated_attention_ungated", x.shape)
+        gated.gate_bias.assign(np.full(3, 60.0))  # sigmoid(60) = 1 - 9e-27
+        for name in ("hidden_kernel", "hidden_bias", "score_kernel"):
+            getattr(ungated, name).assign(getattr(gated, name).numpy())
+        np.testing.assert_allclose(to_numpy(gated(x)), to_numpy(ungated(x)), rtol=1e-14)
+
+    @pytest.mark.parametrize("case", ["gated_attention", "gated_attention_ungated"])
+    def test_gated_attention_is_convex(self, case):
+        shape = (3, 4, 5, 6)
+        layer = _built(case, shape)
+        x = random_input(shape) * 300
+        pooled = to_numpy(layer(x))
+        assert np.all(pooled >= x.min(axis=(1, 2)) - 1e-9)
+        assert np.all(pooled <= x.max(axis=(1, 2)) + 1e-9)
 
 
 def _gradients(layer, x, dy, mask=None):
@@ -333,6 +399,25 @@ def reference_backward(layer, x, dy):
     if isinstance(layer, kgp.GlobalGeMPooling):
         p = float(layer.p_weight.numpy())
         return reference.gem_pool_grad(x, dy, p=p, eps=layer.eps, **common)
+    if isinstance(layer, kgp.GlobalLSEPooling):
+        r = float(layer.r_weight.numpy())
+        return reference.lse_pool_grad(x, dy, r=r, **common)
+    if isinstance(layer, kgp.GlobalGatedAttentionPooling):
+        gate = {}
+        if layer.gated:
+            gate = {
+                "gate_kernel": layer.gate_kernel.numpy(),
+                "gate_bias": layer.gate_bias.numpy(),
+            }
+        return reference.gated_attention_pool_grad(
+            x,
+            dy,
+            layer.hidden_kernel.numpy(),
+            layer.hidden_bias.numpy(),
+            layer.score_kernel.numpy(),
+            **gate,
+            **common,
+        )
     return reference.attention_pool_grad(
         x, dy, *[w.numpy() for w in layer.weights], normalize=layer.normalize, **common
     )

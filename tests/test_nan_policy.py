@@ -18,6 +18,7 @@ import strategies
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from layer_cases import (
+    ATTENTION_CASES,
     LAYER_CASES,
     gradients,
     make_layer,
@@ -27,8 +28,8 @@ from layer_cases import (
 
 import keras_globalpool as kgp
 
-NON_ATTENTION = [case for case in LAYER_CASES if not case.startswith("attention")]
-ATTENTION = ["attention", "attention_softmax"]
+NON_ATTENTION = [case for case in LAYER_CASES if case not in ATTENTION_CASES]
+ATTENTION = list(ATTENTION_CASES)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -132,6 +133,17 @@ class TestInf:
         out = _numpy(kgp.GlobalGeMPooling(p=3.0, eps=1e-6)(x))
         assert out[0, 0] == np.inf
         np.testing.assert_allclose(out[0, 1], 1e-6, rtol=1e-5)
+
+    @pytest.mark.parametrize("policy", ["float32", "float64", "mixed_float16"])
+    def test_lse_follows_its_limits(self, policy):
+        """+inf gives +inf; a -inf adds nothing to the mean but counts; a
+        channel of -inf only gives -inf, as the max does."""
+        x = np.array([[[np.inf, -np.inf, -np.inf], [1.0, 1.0, -np.inf]]], "float32")
+        out = _numpy(kgp.GlobalLSEPooling(r=2.0, dtype=policy)(x))
+        assert out[0, 0] == np.inf and out[0, 2] == -np.inf
+        # log(mean(exp(2 * [-inf, 1]))) / 2 = 1 + log(1 / 2) / 2
+        rtol = 1e-3 if policy == "mixed_float16" else 1e-6
+        np.testing.assert_allclose(out[0, 1], 1.0 - np.log(2.0) / 2, rtol=rtol)
 
 
 class TestGeMClamp:
@@ -245,4 +257,24 @@ def test_overflowing_branch_gives_finite_weights(normalize, value):
     np.testing.assert_allclose(scores.sum(), 1.0, rtol=1e-6)
     assert not np.any(np.isnan(out))
     # The pooled value is a convex combination: within each channel's bounds.
+    assert np.all(out >= x.min(axis=1)) and np.all(out <= x.max(axis=1))
+
+
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("value", [1e38, FLOAT32_MAX, 1e30])
+def test_overflowing_gated_branch_gives_finite_weights(gated, value):
+    """Finite inputs whose `V h` overflows to inf - inf = NaN (torch sums in
+    float32; TensorFlow and jax give inf here)."""
+    layer = kgp.GlobalGatedAttentionPooling(units=2, gated=gated)
+    x = np.array([[[value, value], [-value, -value], [1.0, 2.0]]], "float32")
+    layer.build(x.shape)
+    kernel = np.array([[1e4, 1e4], [-1e4, 1e4]], "float32")  # inf - inf
+    for name in ("hidden", "gate") if gated else ("hidden",):
+        getattr(layer, f"{name}_kernel").assign(kernel)
+    layer.score_kernel.assign(np.array([[1.0], [-1.0]], "float32"))
+    out, scores = layer(x, return_attention_scores=True)
+    out, scores = _numpy(out), _numpy(scores)
+    assert np.all(np.isfinite(scores)) and np.all(scores >= 0)
+    np.testing.assert_allclose(scores.sum(), 1.0, rtol=1e-6)
+    assert not np.any(np.isnan(out))
     assert np.all(out >= x.min(axis=1)) and np.all(out <= x.max(axis=1))

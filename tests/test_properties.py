@@ -20,7 +20,12 @@ import pytest
 import strategies
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from layer_cases import LAYER_CASES, reference_forward
+from layer_cases import (
+    ATTENTION_CASES,
+    LAYER_CASES,
+    reference_attention,
+    reference_forward,
+)
 
 MAX_EXAMPLES = strategies.examples(100)  # per layer case; 8 cases
 
@@ -28,7 +33,7 @@ MAX_EXAMPLES = strategies.examples(100)  # per layer case; 8 cases
 def _tolerance(case, policy, x):
     out_eps = strategies.ROUNDOFF[strategies.compute_dtype(policy)]
     work_eps = strategies.ROUNDOFF[strategies.reduction_dtype(policy)]
-    factor = 64 * (16 if case.startswith(("attention", "gem")) else 1)
+    factor = 64 * (16 if case in ATTENTION_CASES or case == "gem" else 1)
     scale = float(np.max(np.abs(x), initial=0.0))
     if case == "gem":
         scale = max(scale, 1.0)  # clamped values and log(eps) enter the error
@@ -62,11 +67,9 @@ def test_matches_reference(case, data):
 @given(data=st.data())
 def test_attention_scores_match_reference(data):
     """The returned weights are the oracle's, and sum to 1 over valid steps."""
-    from keras_globalpool import reference
-
     policy = data.draw(st.sampled_from(strategies.POLICIES), label="policy")
     spec = data.draw(strategies.maps(), label="spec")
-    case = data.draw(st.sampled_from(["attention", "attention_softmax"]))
+    case = data.draw(st.sampled_from(ATTENTION_CASES))
     layer = strategies.built_layer(data.draw, case, policy, spec)
     x = strategies.as_seen_by(strategies.values(data.draw, spec["shape"]), policy)
     mask = spec["mask"]
@@ -74,13 +77,7 @@ def test_attention_scores_match_reference(data):
     _, scores = layer(x, mask=mask, return_attention_scores=True)
 
     got = np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(scores, "float64")))
-    _, expected = reference.attention_pool(
-        x.astype(np.float64),
-        *[np.asarray(w.numpy(), np.float64) for w in layer.weights],
-        normalize=layer.normalize,
-        data_format=layer.data_format,
-        mask=mask,
-    )
+    _, expected = reference_attention(layer, x.astype(np.float64), mask)
     out_eps = strategies.ROUNDOFF[strategies.compute_dtype(policy)]
     work_eps = strategies.ROUNDOFF[strategies.reduction_dtype(policy)]
     scale = max(float(np.max(np.abs(x), initial=0.0)), 1.0)

@@ -21,6 +21,17 @@ ATTENTION = {
     "score_kernel": _rng.normal(size=(UNITS, 1)),
     "score_bias": _rng.normal(size=(1,)),
 }
+GATED_ATTENTION = {
+    "hidden_kernel": _rng.normal(size=(CHANNELS, UNITS)),
+    "hidden_bias": _rng.normal(scale=0.5, size=(UNITS,)),
+    "score_kernel": _rng.normal(size=(UNITS, 1)),
+    "gate_kernel": _rng.normal(size=(CHANNELS, UNITS)),
+    "gate_bias": _rng.normal(scale=0.5, size=(UNITS,)),
+}
+UNGATED_ATTENTION = {
+    name: GATED_ATTENTION[name]
+    for name in ("hidden_kernel", "hidden_bias", "score_kernel")
+}
 # One gate inside [0, 1], one above and one below: the clip matters.
 GATE = np.array([0.3, 1.4, -0.2])
 
@@ -41,6 +52,10 @@ CASES = {
         {"mode": "learned", "gate": GATE},
     ),
     "gem": (reference.gem_pool, reference.gem_pool_grad, {"p": np.float64(2.5)}),
+    # LSE's two ways to the log of the mean: `log` for a sharp `r`, `log1p`
+    # for a soft one (the mean of exp(r * (x - max)) above 1/2).
+    "lse": (reference.lse_pool, reference.lse_pool_grad, {"r": np.float64(2.5)}),
+    "lse_soft": (reference.lse_pool, reference.lse_pool_grad, {"r": np.float64(0.05)}),
     "attention_sigmoid": (
         reference.attention_pool,
         reference.attention_pool_grad,
@@ -51,13 +66,29 @@ CASES = {
         reference.attention_pool_grad,
         {**ATTENTION, "normalize": "softmax"},
     ),
+    "gated_attention": (
+        reference.gated_attention_pool,
+        reference.gated_attention_pool_grad,
+        GATED_ATTENTION,
+    ),
+    "gated_attention_ungated": (
+        reference.gated_attention_pool,
+        reference.gated_attention_pool_grad,
+        UNGATED_ATTENTION,
+    ),
 }
 PARAM_NAMES = {
     "mixed_learned": {"gate"},
     "gem": {"p"},
+    "lse": {"r"},
+    "lse_soft": {"r"},
     "attention_sigmoid": set(ATTENTION),
     "attention_softmax": set(ATTENTION),
+    "gated_attention": set(GATED_ATTENTION),
+    "gated_attention_ungated": set(UNGATED_ATTENTION),
 }
+# The cases whose forward pass returns `(pooled, weights)`.
+WEIGHTED = {case for case in CASES if "attention" in case}
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +105,7 @@ def forward(case, x, **kwargs):
     """The pooled output of `case` (without attention weights)."""
     function, _, params = CASES[case]
     out = function(x, **{**params, **kwargs})
-    return out[0] if case.startswith("attention") else out
+    return out[0] if case in WEIGHTED else out
 
 
 def backward(case, x, dy, **kwargs):
@@ -156,6 +187,37 @@ class TestForward:
         np.testing.assert_allclose(reference.gem_pool(x, p=p), [[expected]], rtol=1e-14)
 
     @pytest.mark.parametrize(
+        "x, r, expected",
+        [
+            ([0.0, np.log(3.0)], 1.0, np.log(2.0)),  # log((1 + 3) / 2)
+            ([0.0, np.log(3.0)], 2.0, np.log(5.0) / 2),  # log((1 + 9) / 2) / 2
+            ([4.0, 4.0, 4.0], 7.0, 4.0),
+            ([1000.0, 0.0], 1.0, 1000.0 - np.log(2.0)),  # exp(1000) overflows
+            # r -> 0: the mean plus r * var / 2 (+ O(r**3) here).
+            ([-5.0, 5.0], 1e-9, 12.5e-9),
+        ],
+    )
+    def test_hand_computed_lse(self, x, r, expected):
+        x = np.array(x)[None, :, None]
+        out = reference.lse_pool(x, r=r)
+        # Adding the max back costs a roundoff of the values' size.
+        np.testing.assert_allclose(out, [[expected]], rtol=1e-14, atol=1e-14)
+
+    @pytest.mark.parametrize("r", [0.01, 0.3, 2.0, 20.0])
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_lse_matches_the_plain_formula(self, rank, r):
+        x = np.random.default_rng(0).normal(size=input_shape(rank, "channels_last", 3))
+        mask = random_mask(rank)
+        out = reference.lse_pool(x, r=r, mask=mask)
+        for b in range(3):
+            valid = x[b][mask[b]]  # (n, C)
+            if not len(valid):
+                np.testing.assert_array_equal(out[b], 0.0)
+                continue
+            expected = np.log(np.mean(np.exp(r * valid), axis=0)) / r
+            np.testing.assert_allclose(out[b], expected, rtol=1e-12)
+
+    @pytest.mark.parametrize(
         "normalize, weights", [("sigmoid", [0.4, 0.6]), ("softmax", [0.25, 0.75])]
     )
     def test_hand_computed_attention(self, normalize, weights):
@@ -210,6 +272,30 @@ class TestForward:
                 pooled[b], expected_w @ valid if len(valid) else 0.0, rtol=1e-12
             )
 
+    @pytest.mark.parametrize("gated", [True, False])
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_gated_attention_matches_a_loop(self, rank, gated):
+        x = np.random.default_rng(0).normal(size=input_shape(rank, "channels_last", 3))
+        mask = random_mask(rank)
+        params = GATED_ATTENTION if gated else UNGATED_ATTENTION
+        pooled, w = reference.gated_attention_pool(x, **params, mask=mask)
+        for b in range(3):
+            valid = x[b][mask[b]]  # (n, C)
+            scores = []
+            for h in valid:
+                hidden = np.tanh(h @ params["hidden_kernel"] + params["hidden_bias"])
+                if gated:
+                    pre = h @ params["gate_kernel"] + params["gate_bias"]
+                    hidden = hidden / (1 + np.exp(-pre))
+                scores.append(np.exp(hidden @ params["score_kernel"][:, 0]))
+            scores = np.array(scores)
+            expected_w = scores / scores.sum() if len(scores) else scores
+            np.testing.assert_allclose(w[b][mask[b]], expected_w, rtol=1e-12)
+            np.testing.assert_array_equal(w[b][~mask[b]], 0.0)
+            np.testing.assert_allclose(
+                pooled[b], expected_w @ valid if len(valid) else 0.0, rtol=1e-12
+            )
+
     @pytest.mark.parametrize("keepdims", [False, True])
     @pytest.mark.parametrize("data_format", DATA_FORMATS)
     @pytest.mark.parametrize("rank", RANKS)
@@ -219,7 +305,7 @@ class TestForward:
         out = forward(case, x, data_format=data_format, keepdims=keepdims)
         assert out.shape == output_shape(case, rank, data_format, keepdims)
         assert out.dtype == np.float64
-        if case.startswith("attention"):
+        if case in WEIGHTED:
             function, _, params = CASES[case]
             _, w = function(x, **params, data_format=data_format, keepdims=keepdims)
             assert w.shape == (2, *SPATIAL[rank])
@@ -312,7 +398,7 @@ class TestMasks:
         dy[1] = 1.0
         for name, grad in backward(case, x, dy, **common).items():
             np.testing.assert_array_equal(grad, 0.0, err_msg=name)
-        if case.startswith("attention"):
+        if case in WEIGHTED:
             function, _, params = CASES[case]
             _, w = function(x, **params, **common)
             assert np.all(w[1] == 0.0)
@@ -446,6 +532,45 @@ class TestLimits:
         np.testing.assert_allclose(np.sum(x * grads["x"], axis=axes), out, rtol=1e-10)
         winners = x == x.max(axis=axes, keepdims=True)
         assert np.all(grads["x"][winners] > 0.3)
+
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_lse_with_tiny_r_is_average(self, rank):
+        """`log1p` keeps what `exp(r * (x - max))` rounds to 1."""
+        rng = np.random.default_rng(8)
+        x = rng.normal(size=input_shape(rank, "channels_last", 3))
+        mask = random_mask(rank)
+        dy = rng.normal(size=(3, CHANNELS))
+        np.testing.assert_allclose(
+            reference.lse_pool(x, r=1e-12, mask=mask),
+            reference.avg_pool(x, mask=mask),
+            rtol=1e-9,
+            atol=1e-11,
+        )
+        np.testing.assert_allclose(
+            reference.lse_pool_grad(x, dy, r=1e-12, mask=mask)["x"],
+            reference.avg_pool_grad(x, dy, mask=mask)["x"],
+            rtol=1e-9,
+        )
+
+    @pytest.mark.parametrize("r", [200.0, 1e4])
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_lse_with_large_r_approaches_max_without_overflow(self, rank, r):
+        # exp(1e4 * 1e3) overflows float64: a plain implementation fails here.
+        rng = np.random.default_rng(9)
+        x = rng.uniform(1.0, 1e3, size=input_shape(rank, "channels_last"))
+        n = np.prod(SPATIAL[rank])
+        out = reference.lse_pool(x, r=r)
+        peak = reference.max_pool(x)
+        assert np.all(out <= peak * (1 + 1e-15))
+        assert np.all(out >= peak - np.log(n) / r - 1e-12)
+        grads = reference.lse_pool_grad(x, np.ones_like(out), r=r)
+        assert np.all(np.isfinite(grads["x"])) and np.isfinite(grads["r"])
+        # The weights are a softmax: they sum to 1 per channel.
+        axes = tuple(range(1, rank - 1))
+        np.testing.assert_allclose(np.sum(grads["x"], axis=axes), 1.0, rtol=1e-12)
+        # Shifting x shifts the output: sum(dy/dx) = 1 means x's level cancels.
+        shifted = reference.lse_pool(x + 5.0, r=r)
+        np.testing.assert_allclose(shifted, out + 5.0, rtol=1e-13)
 
     @pytest.mark.parametrize("score_bias", [-1000.0, 0.0, 1000.0])
     @pytest.mark.parametrize("normalize", ["sigmoid", "softmax"])

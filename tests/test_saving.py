@@ -40,6 +40,9 @@ def _all_layers_model():
             features
         ),
         kgp.GlobalGeMPooling(p=2.5, name="gem")(features),
+        kgp.GlobalLSEPooling(r=4.0, name="lse")(features),
+        kgp.GlobalGatedAttentionPooling(units=4, name="gated")(features),
+        kgp.GlobalGatedAttentionPooling(units=4, gated=False, name="ungated")(features),
     ]
     outputs = keras.layers.Dense(3, activation="softmax")(
         keras.layers.Concatenate()(pooled)

@@ -2,21 +2,29 @@
 
 from keras_globalpool.layers.attention_pooling import GlobalAttentionPooling
 from keras_globalpool.layers.average_pooling import GlobalAveragePooling
+from keras_globalpool.layers.base_attention_pooling import BaseAttentionPooling
 from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
 from keras_globalpool.layers.constraints import ValueRange
 from keras_globalpool.layers.frozen_batch_norm import FrozenBatchNormalization
+from keras_globalpool.layers.gated_attention_pooling import (
+    GlobalGatedAttentionPooling,
+)
 from keras_globalpool.layers.gem_pooling import GlobalGeMPooling
+from keras_globalpool.layers.lse_pooling import GlobalLSEPooling
 from keras_globalpool.layers.max_pooling import GlobalMaxPooling
 from keras_globalpool.layers.mixed_pooling import GlobalMixedPooling
 from keras_globalpool.layers.preprocessing import BackbonePreprocessing
 
 __all__ = [
     "BackbonePreprocessing",
+    "BaseAttentionPooling",
     "BaseGlobalPooling",
     "FrozenBatchNormalization",
     "GlobalAttentionPooling",
     "GlobalAveragePooling",
+    "GlobalGatedAttentionPooling",
     "GlobalGeMPooling",
+    "GlobalLSEPooling",
     "GlobalMaxPooling",
     "GlobalMixedPooling",
     "ValueRange",

@@ -3,15 +3,14 @@
 import keras
 from keras import ops
 
-from keras_globalpool import pool_ops
 from keras_globalpool.arguments import check_option, check_positive_int
-from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
+from keras_globalpool.layers.base_attention_pooling import BaseAttentionPooling
 
 NORMALIZATIONS = ("sigmoid", "softmax")
 
 
 @keras.saving.register_keras_serializable(package="keras_globalpool")
-class GlobalAttentionPooling(BaseGlobalPooling):
+class GlobalAttentionPooling(BaseAttentionPooling):
     """Attention-weighted global pooling for 1D, 2D and 3D feature maps.
 
     A small branch scores every position: a 1x1 convolution to
@@ -79,12 +78,11 @@ class GlobalAttentionPooling(BaseGlobalPooling):
         keepdims=False,
         **kwargs,
     ):
-        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        initializers = (kernel_initializer, bias_initializer, kernel_regularizer)
+        super().__init__(*initializers, data_format, keepdims, **kwargs)
         self.reduction = check_positive_int("reduction", reduction)
         self.normalize = check_option("normalize", normalize, NORMALIZATIONS)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.normalization = self.normalize
 
     def build(self, input_shape):
         self._check_rank(input_shape)
@@ -95,23 +93,6 @@ class GlobalAttentionPooling(BaseGlobalPooling):
         self.hidden_bias = self._bias("hidden_bias", (units,))
         self.score_kernel = self._kernel("score_kernel", (units, 1))
         self.score_bias = self._bias("score_bias", (1,))
-
-    # The branch runs in `reduction_dtype` (float32 under mixed precision):
-    # softmax weights of 16-bit logits can be off by a factor of e when the
-    # features are in the hundreds, so the weights are not autocast.
-    def _kernel(self, name, shape):
-        return self.add_weight(
-            name=name,
-            shape=shape,
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            autocast=False,
-        )
-
-    def _bias(self, name, shape):
-        return self.add_weight(
-            name=name, shape=shape, initializer=self.bias_initializer, autocast=False
-        )
 
     def _logits(self, x):
         """The branch's logit per position, with a channel axis of size 1."""
@@ -138,42 +119,12 @@ class GlobalAttentionPooling(BaseGlobalPooling):
         logits = ops.where(has_nan, float("nan"), ops.nan_to_num(logits, nan=0.0))
         return ops.moveaxis(logits, -1, channel_axis)
 
-    def call(self, inputs, mask=None, return_attention_scores=False):
-        x, mask, axes = self._prepare(inputs, mask)
-        weights = pool_ops.normalize_scores(self._logits(x), axes, mask, self.normalize)
-        pooled = self._finish(
-            pool_ops.global_weighted_pool(x, weights, axes, self.keepdims)
-        )
-        if not return_attention_scores:
-            return pooled
-        channel_axis = self._channel_axis(len(x.shape))
-        return pooled, self._finish(ops.squeeze(weights, axis=channel_axis))
-
-    def compute_output_spec(self, inputs, mask=None, return_attention_scores=False):
-        if mask is not None:
-            self._check_mask(inputs, mask)
-        pooled = keras.KerasTensor(
-            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
-        )
-        if not return_attention_scores:
-            return pooled
-        channel_axis = self._channel_axis(len(inputs.shape))
-        scores_shape = tuple(d for i, d in enumerate(inputs.shape) if i != channel_axis)
-        return pooled, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
-
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "reduction": self.reduction,
                 "normalize": self.normalize,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(
-                    self.kernel_regularizer
-                ),
             }
         )
         return config

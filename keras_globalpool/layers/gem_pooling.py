@@ -1,26 +1,16 @@
 """`GlobalGeMPooling`: the generalized (power) mean."""
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
 from keras_globalpool import pool_ops
+from keras_globalpool.arguments import check_bool, check_positive_finite
 from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
 from keras_globalpool.layers.constraints import ValueRange
 
 # The smallest `p` training leaves: at 0 and below the formula has no meaning.
 P_FLOOR = 1e-3
-
-
-def _positive_finite(value):
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 @keras.saving.register_keras_serializable(package="keras_globalpool")
@@ -85,19 +75,9 @@ class GlobalGeMPooling(BaseGlobalPooling):
         **kwargs,
     ):
         super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
-        if not _positive_finite(p):
-            raise ValueError(f"`p` must be a finite number > 0. Received: p={p!r}")
-        if not _positive_finite(eps):
-            raise ValueError(
-                f"`eps` must be a finite number > 0. Received: eps={eps!r}"
-            )
-        if trainable_p not in (True, False):
-            raise ValueError(
-                f"`trainable_p` must be a bool. Received: trainable_p={trainable_p!r}"
-            )
-        self.p = float(p)
-        self.trainable_p = bool(trainable_p)
-        self.eps = float(eps)
+        self.p = check_positive_finite("p", p)
+        self.trainable_p = check_bool("trainable_p", trainable_p)
+        self.eps = check_positive_finite("eps", eps)
 
     def build(self, input_shape):
         self._check_rank(input_shape)

@@ -1,10 +1,10 @@
-"""Attention maps: where `GlobalAttentionPooling` looked, per image."""
+"""Attention maps: where an attention pooling layer looked, per image."""
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_globalpool.layers import GlobalAttentionPooling
+from keras_globalpool.layers import BaseAttentionPooling
 from keras_globalpool.pooler import find_pooling_layer
 from keras_globalpool.viz.heatmaps import (
     image_batch,
@@ -21,7 +21,7 @@ from keras_globalpool.viz.pooling_graph import (
 
 
 def attention_maps(model, images, normalize=False, layer_name=None, batch_size=32):
-    """The attention scores of a model's `GlobalAttentionPooling` layer.
+    """The attention scores of a model's attention pooling layer.
 
     The scores are the weights the layer gives each feature-map position
     (they sum to 1 over the positions), resized bilinearly to the images'
@@ -30,7 +30,8 @@ def attention_maps(model, images, normalize=False, layer_name=None, batch_size=3
 
     Args:
         model: a functional or Sequential `keras.Model` with one image input
-            and a top-level `GlobalAttentionPooling` layer; the backbone
+            and a top-level `GlobalAttentionPooling` or
+            `GlobalGatedAttentionPooling` layer; the backbone
             before it may be a nested sub-model.
         images: array of shape `(batch, height, width, channels)`, or
             `(batch, channels, height, width)` when the layer's
@@ -39,7 +40,7 @@ def attention_maps(model, images, normalize=False, layer_name=None, batch_size=3
             maximum. Defaults to `False`.
         layer_name: optional string. The attention layer's name. Defaults
             to the layer named `"pooler"`, else the model's only
-            `GlobalAttentionPooling` layer.
+            attention pooling layer.
         batch_size: int. Images per forward pass. Defaults to `32`.
 
     Returns:
@@ -60,10 +61,12 @@ def attention_maps(model, images, normalize=False, layer_name=None, batch_size=3
     (4, 32, 32)
     """
     images = image_batch(images)
-    pool = find_pooling_layer(model, layer_name, layer_types=(GlobalAttentionPooling,))
-    if not isinstance(pool, GlobalAttentionPooling):
+    pool = find_pooling_layer(model, layer_name, layer_types=(BaseAttentionPooling,))
+    if not isinstance(pool, BaseAttentionPooling):
         raise ValueError(
-            "`attention_maps` needs a GlobalAttentionPooling layer, and layer "
+            "`attention_maps` needs an attention pooling layer (a "
+            "kgp.BaseAttentionPooling, such as GlobalAttentionPooling or "
+            "GlobalGatedAttentionPooling), and layer "
             f"{pool.name!r} is a {type(pool).__name__}. Pass `layer_name` to "
             f"name the attention layer. Received: layer_name={layer_name!r}"
         )

@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 from PIL import Image
 
-from keras_globalpool.layers import GlobalAttentionPooling
+from keras_globalpool.layers import BaseAttentionPooling
 from keras_globalpool.registry import custom_objects
 from keras_globalpool.viz.attention_maps import attention_maps
 from keras_globalpool.viz.cam import (
@@ -33,7 +33,7 @@ def explain(
     For each image it writes `{stem}_cam.png` or `{stem}_gradcam.png`, the
     map of `kgp.class_activation_maps` for the predicted class (or
     `class_index`) over the image, titled with the class and its score;
-    for a model with `GlobalAttentionPooling` it also writes
+    for a model with an attention pooling layer it also writes
     `{stem}_attention.png`, the attention scores scaled to [0, 1]. Images
     are resized to the model's input size when it has one and fed as 0-255
     floats, as models that rescale inside themselves (such as
@@ -76,9 +76,8 @@ def explain(
     model = _load_model(model_path)
     method = resolve_method(model, method)
     data_format = data_format_of(explained_layer(model))
-    has_attention = any(
-        isinstance(layer, GlobalAttentionPooling) for layer in model.layers
-    )
+    attention = (isinstance(layer, BaseAttentionPooling) for layer in model.layers)
+    has_attention = any(attention)
     images = [_load_image(path, model, data_format) for path in image_paths]
     kinds = (method, "attention") if has_attention else (method,)
     out_dir = pathlib.Path(out_dir)

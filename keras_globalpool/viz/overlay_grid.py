@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_globalpool.layers import GlobalAttentionPooling
+from keras_globalpool.layers import BaseAttentionPooling
 from keras_globalpool.viz.attention_maps import attention_maps
 from keras_globalpool.viz.cam import (
     METHOD_LABELS,
@@ -24,7 +24,7 @@ def overlay_grid(
     """Saves a PNG grid: one row per head, one column per image.
 
     Each cell shows the image under the map that explains its head: the
-    attention scores for a model with `GlobalAttentionPooling`, else the
+    attention scores for a model with an attention pooling layer, else the
     CAM, or Grad-CAM where CAM does not apply (see
     `kgp.class_activation_maps`). Every map is scaled to [0, 1], so one
     colorbar serves the grid. Row labels name the head and the map. Needs
@@ -130,7 +130,7 @@ def head_heatmaps(model, images, class_index=None):
         Tuple `(maps, label)`: `label` is `"attention map"`, `"CAM"` or
         `"Grad-CAM"`.
     """
-    if any(isinstance(layer, GlobalAttentionPooling) for layer in model.layers):
+    if any(isinstance(layer, BaseAttentionPooling) for layer in model.layers):
         return attention_maps(model, images, normalize=True), "attention map"
     label = METHOD_LABELS[resolve_method(model)]
     return class_activation_maps(model, images, class_index), label
