@@ -382,7 +382,7 @@ def global_lse_pool(x, r, axes, mask=None, keepdims=False):
     if _no_elements(x):
         return _empty_pool(x, axes, keepdims)
     peak = _valid_peak(x, axes, mask)
-    shifted = r * (x - peak)  # <= 0 at valid positions
+    shifted = r * ops.subtract(x, peak)  # <= 0 at valid positions
     if mask is not None:
         # A double `where`: masked positions take part in neither the value
         # nor the gradient.
