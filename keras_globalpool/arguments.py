@@ -129,15 +129,16 @@ def check_bool(name, value):
     return bool(value)
 
 
-def check_positive_finite(name, value):
+def check_positive_finite(name, value, allow_none=False):
     """Raises a `ValueError` unless `value` is a finite real number > 0.
 
     Args:
         name: string. The argument's name.
         value: the value received.
+        allow_none: bool. Whether `None` is allowed too.
 
     Returns:
-        `value` as a Python float.
+        `value` as a Python float, or `None`.
 
     Example:
 
@@ -146,14 +147,18 @@ def check_positive_finite(name, value):
     >>> check_positive_finite("p", float("inf"))
     Traceback (most recent call last):
     ValueError: `p` must be a finite number > 0. Received: p=inf
+    >>> check_positive_finite("gamma", "2", allow_none=True)
+    Traceback (most recent call last):
+    ValueError: `gamma` must be None or a finite number > 0. Received: gamma='2'
     """
+    if value is None and allow_none:
+        return None
     if not (
         isinstance(value, numbers.Real)
         and not isinstance(value, bool)
         and math.isfinite(value)
         and value > 0
     ):
-        raise ValueError(
-            f"`{name}` must be a finite number > 0. Received: {name}={value!r}"
-        )
+        allowed = "None or a finite number > 0" if allow_none else "a finite number > 0"
+        raise ValueError(f"`{name}` must be {allowed}. Received: {name}={value!r}")
     return float(value)

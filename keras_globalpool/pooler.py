@@ -8,7 +8,12 @@ from it.
 
 import keras
 
-from keras_globalpool.layers import BaseGlobalPooling
+from keras_globalpool.layers import (
+    BaseAttentionPooling,
+    BaseGlobalPooling,
+    GlobalMultiHeadAttentionPooling,
+    GlobalSimPooling,
+)
 
 # keras-hub and our builders name the pooling layer this.
 POOLER_NAME = "pooler"
@@ -21,6 +26,15 @@ POOLING_TYPES = (
     keras.layers.GlobalMaxPooling1D,
     keras.layers.GlobalMaxPooling2D,
     keras.layers.GlobalMaxPooling3D,
+)
+
+# The poolings whose call takes `return_attention_scores=True` and returns
+# `(pooled, scores)`: scores of shape `(batch, *spatial)`, or with head (and
+# latent-query) axes after the batch axis for the multi-head ones.
+ATTENTION_TYPES = (
+    BaseAttentionPooling,
+    GlobalSimPooling,
+    GlobalMultiHeadAttentionPooling,
 )
 
 

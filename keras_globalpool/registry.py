@@ -5,11 +5,14 @@ import keras
 from keras_globalpool.layers import (
     GlobalAttentionPooling,
     GlobalAveragePooling,
+    GlobalCovariancePooling,
     GlobalGatedAttentionPooling,
     GlobalGeMPooling,
     GlobalLSEPooling,
     GlobalMaxPooling,
     GlobalMixedPooling,
+    GlobalMultiHeadAttentionPooling,
+    GlobalSimPooling,
 )
 from keras_globalpool.layers.frozen_batch_norm import FrozenBatchNormalization
 from keras_globalpool.layers.preprocessing import BackbonePreprocessing
@@ -22,6 +25,9 @@ POOLINGS = {
     "gem": GlobalGeMPooling,
     "lse": GlobalLSEPooling,
     "gated_attention": GlobalGatedAttentionPooling,
+    "map": GlobalMultiHeadAttentionPooling,
+    "covariance": GlobalCovariancePooling,
+    "simpool": GlobalSimPooling,
 }
 
 # Layers the builders put into models, which loading them needs as well.
@@ -47,7 +53,8 @@ def get(identifier, **kwargs):
 
     Args:
         identifier: one of `"avg"`, `"max"`, `"mixed"`, `"attention"`,
-            `"gem"`, `"lse"`, `"gated_attention"`; a dict from
+            `"gem"`, `"lse"`, `"gated_attention"`, `"map"`,
+            `"covariance"`, `"simpool"`; a dict from
             `keras.saving.serialize_keras_object`; or a `keras.layers.Layer`,
             returned unchanged.
         **kwargs: constructor arguments, used with a name only.

@@ -1,7 +1,10 @@
 """What the layer tests share: the layers, inputs, and the NumPy oracle call."""
 
+import math
+
 import keras
 import numpy as np
+import pytest
 from keras import ops
 
 import keras_globalpool as kgp
@@ -21,6 +24,13 @@ LAYER_CASES = {
     "lse": ("lse", {"r": 10.0}),
     "gated_attention": ("gated_attention", {"units": 3}),
     "gated_attention_ungated": ("gated_attention", {"units": 3, "gated": False}),
+    "map": ("map", {"num_heads": 2, "latent_len": 2, "mlp_ratio": 1.0}),
+    "covariance": ("covariance", {"dim": 3}),
+    "simpool": ("simpool", {}),
+    "simpool_gamma": (
+        "simpool",
+        {"num_heads": 2, "gamma": 2.0, "qkv_bias": True, "qk_norm": True},
+    ),
 }
 TRAINABLE_WEIGHTS = {
     "mixed_learned": 1,
@@ -30,24 +40,68 @@ TRAINABLE_WEIGHTS = {
     "lse": 1,
     "gated_attention": 5,
     "gated_attention_ungated": 3,
+    "map": 15,
+    "covariance": 2,
+    "simpool": 4,
+    "simpool_gamma": 10,
 }
 # The cases that return attention scores on request, and whose weights are
-# shared by every channel.
+# shared by every channel (by every channel of a head, for "map" and
+# "simpool"); see `query_axes` for their layout.
 ATTENTION_CASES = (
     "attention",
     "attention_softmax",
     "gated_attention",
     "gated_attention_ungated",
+    "map",
+    "simpool",
+    "simpool_gamma",
 )
+# The cases whose output is not one value per channel: they have no
+# `keepdims` (see `keepdims_kwargs`), `pooled_size` gives their output size,
+# and a NaN at a valid position makes their whole sample NaN.
+NOT_PER_CHANNEL = ("covariance",)
 RANKS = (3, 4, 5)
 DATA_FORMATS = ("channels_last", "channels_first")
 SPATIAL = {3: (6,), 4: (5, 4), 5: (3, 4, 2)}
+
+
+def keepdims_kwargs(case, keepdims):
+    """`{"keepdims": keepdims}` for a case's constructor, or `{}`.
+
+    A case in `NOT_PER_CHANNEL` takes no `keepdims`: a test of
+    `keepdims=True` skips it, saying so.
+    """
+    if case not in NOT_PER_CHANNEL:
+        return {"keepdims": keepdims}
+    if keepdims:
+        pytest.skip(f"{case!r} has no keepdims: its output is not per channel")
+    return {}
+
+
+def pooled_size(case, channels):
+    """The number of values `case` pools a map of `channels` channels to."""
+    name, kwargs = LAYER_CASES[case]
+    if name == "covariance":
+        dim = kwargs.get("dim", 256) or channels
+        return dim * (dim + 1) // 2
+    return 2 * channels if case == "mixed" else channels
 
 
 def make_layer(case, **kwargs):
     """A fresh layer for `case`, with extra constructor arguments."""
     name, case_kwargs = LAYER_CASES[case]
     return kgp.get(name, **case_kwargs, **kwargs)
+
+
+# What a registry pooling needs beyond its defaults to take any channel count:
+# multi-head attention's channels must be a multiple of `num_heads` (8, timm's).
+ANY_CHANNELS = {"map": {"num_heads": 1}}
+
+
+def make_pooling(pooling, **kwargs):
+    """The registry's `pooling` with its defaults, for any channel count."""
+    return kgp.get(pooling, **ANY_CHANNELS.get(pooling, {}), **kwargs)
 
 
 def input_shape(rank, data_format, batch=2, channels=4, spatial=None):
@@ -82,6 +136,17 @@ def randomize_weights(layer, seed=1):
 
 def reference_forward(layer, x, mask=None):
     """The NumPy oracle's output for `layer`, using the layer's own weights."""
+    if isinstance(layer, kgp.GlobalCovariancePooling):
+        weights = {}
+        if layer.dim is not None:
+            weights = {"kernel": layer.kernel.numpy(), "bias": layer.bias.numpy()}
+        return reference.covariance_pool(
+            x,
+            **weights,
+            iterations=layer.iterations,
+            data_format=layer.data_format,
+            mask=mask,
+        )
     common = {
         "data_format": layer.data_format,
         "keepdims": layer.keepdims,
@@ -99,7 +164,13 @@ def reference_forward(layer, x, mask=None):
         return reference.gem_pool(x, p=p, eps=layer.eps, **common)
     if isinstance(layer, kgp.GlobalLSEPooling):
         return reference.lse_pool(x, r=float(layer.r_weight.numpy()), **common)
-    if isinstance(layer, (kgp.GlobalAttentionPooling, kgp.GlobalGatedAttentionPooling)):
+    attention = (
+        kgp.GlobalAttentionPooling,
+        kgp.GlobalGatedAttentionPooling,
+        kgp.GlobalMultiHeadAttentionPooling,
+        kgp.GlobalSimPooling,
+    )
+    if isinstance(layer, attention):
         return reference_attention(layer, x, mask)[0]
     raise TypeError(f"No reference for {type(layer).__name__}")
 
@@ -115,6 +186,13 @@ def reference_attention(layer, x, mask=None):
     def weight(variable):
         return np.asarray(ops.convert_to_numpy(variable), np.float64)
 
+    if isinstance(layer, kgp.GlobalMultiHeadAttentionPooling):
+        weights = {variable.name: weight(variable) for variable in layer.weights}
+        return reference.multi_head_attention_pool(
+            x, num_heads=layer.num_heads, **weights, **common
+        )
+    if isinstance(layer, kgp.GlobalSimPooling):
+        return reference.sim_pool(x, **sim_pool_arguments(layer), **common)
     if isinstance(layer, kgp.GlobalGatedAttentionPooling):
         gate = {}
         if layer.gated:
@@ -139,6 +217,41 @@ def reference_attention(layer, x, mask=None):
         normalize=layer.normalize,
         **common,
     )
+
+
+def sim_pool_arguments(layer):
+    """`reference.sim_pool`'s arguments for `layer`, besides `x` and its layout:
+    its weights (float64) and hyperparameters."""
+    weights = {
+        w.name: np.asarray(ops.convert_to_numpy(w), np.float64) for w in layer.weights
+    }
+    return {
+        **weights,
+        "num_heads": layer.num_heads,
+        "gamma": layer.gamma,
+        "epsilon": layer.layer_norm_epsilon,
+    }
+
+
+def query_axes(layer):
+    """The sizes attention scores have between the batch and spatial axes.
+
+    `(num_heads, latent_len)` for multi-head attention pooling, whose scores
+    are `(batch, num_heads, latent_len, *spatial)` as in Keras's
+    `MultiHeadAttention`; `(num_heads,)` for SimPool, whose one query per
+    head has no axis; none for the poolings with one query.
+    """
+    if isinstance(layer, kgp.GlobalMultiHeadAttentionPooling):
+        return (layer.num_heads, layer.latent_len)
+    if isinstance(layer, kgp.GlobalSimPooling):
+        return (layer.num_heads,)
+    return ()
+
+
+def scores_per_query(layer, scores):
+    """Attention scores of a non-empty batch as `(batch, queries, positions)`."""
+    scores = np.asarray(scores)
+    return scores.reshape(scores.shape[0], math.prod(query_axes(layer)), -1)
 
 
 def to_numpy(tensor, dtype=None):

@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
-from layer_cases import LAYER_CASES
+from layer_cases import LAYER_CASES, NOT_PER_CHANNEL
 
 import keras_globalpool as kgp
 
@@ -169,16 +169,28 @@ def values(draw, shape, low=-100.0, high=100.0):
 def built_layer(draw, case, policy, spec):
     """A built layer of `case` with drawn weights moved off their defaults."""
     name, case_kwargs = LAYER_CASES[case]
-    kwargs = {
-        **case_kwargs,
-        "dtype": policy,
-        "data_format": spec["data_format"],
-        "keepdims": spec["keepdims"],
-    }
+    kwargs = {**case_kwargs, "dtype": policy, "data_format": spec["data_format"]}
+    if case not in NOT_PER_CHANNEL:  # which have no keepdims
+        kwargs["keepdims"] = spec["keepdims"]
+    if name == "covariance":  # None: no projection, no weights
+        kwargs["dim"] = draw(st.sampled_from([None, 1, 2, 3]))
     if name == "attention":
         kwargs["reduction"] = draw(st.integers(1, 4))
     if name == "gated_attention":
         kwargs["units"] = draw(st.integers(1, 4))
+    if name == "map":  # heads of one channel to all of them
+        channels = spec["shape"][channel_axis(spec["data_format"], spec["rank"])]
+        heads = [h for h in range(1, channels + 1) if channels % h == 0]
+        kwargs["num_heads"] = draw(st.sampled_from(heads))
+        kwargs["latent_len"] = draw(st.integers(1, 3))
+        kwargs["mlp_ratio"] = draw(st.sampled_from([0.0, 1.0, 2.0]))
+        kwargs["qk_norm"] = draw(st.booleans())
+    if name == "simpool":  # heads of one channel to all of them
+        channels = spec["shape"][channel_axis(spec["data_format"], spec["rank"])]
+        divisors = [h for h in range(1, channels + 1) if channels % h == 0]
+        kwargs["num_heads"] = draw(st.sampled_from(divisors))
+        if kwargs.get("gamma") is not None:
+            kwargs["gamma"] = draw(st.floats(0.5, 4.0))
     layer = kgp.get(name, **kwargs)
     layer.build(spec["shape"])
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))

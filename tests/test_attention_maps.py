@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from layer_cases import reference_attention
 from viz_models import cpu_safe_conv2d
 
 import keras_globalpool as kgp
@@ -107,6 +108,37 @@ def test_gated_attention_maps_are_its_scores(data_format, gated):
     np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    "pooling",
+    [
+        kgp.GlobalSimPooling(num_heads=2),
+        kgp.GlobalMultiHeadAttentionPooling(num_heads=2, latent_len=3),
+    ],
+    ids=["simpool", "map"],
+)
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_multi_head_maps_are_the_mean_of_the_heads_scores(data_format, pooling):
+    # The NumPy reference's scores, (batch, heads[, latents], height, width),
+    # averaged over every head and latent query: still weights summing to 1.
+    keras.utils.set_random_seed(4)
+    inner = keras.Input(image_shape(data_format))
+    backbone = keras.Model(inner, cpu_safe_conv2d(inner, 8, data_format), name="b")
+    config = {**pooling.get_config(), "data_format": data_format}
+    pooler = type(pooling).from_config(config)
+    inputs = keras.Input(image_shape(data_format))
+    model = keras.Model(inputs, keras.layers.Dense(3)(pooler(backbone(inputs))))
+    images = random_images(data_format)
+
+    maps = kgp.attention_maps(model, images)
+
+    features = keras.ops.convert_to_numpy(backbone(images)).astype("float64")
+    _, scores = reference_attention(pooler, features)
+    expected = scores.reshape(len(images), -1, SIZE, SIZE).mean(axis=1)
+    assert scores.ndim == (4 if isinstance(pooler, kgp.GlobalSimPooling) else 5)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0, rtol=1e-4)
+
+
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_coarse_scores_are_upsampled_to_the_input(data_format):
     keras.utils.set_random_seed(1)
@@ -156,9 +188,8 @@ def test_model_without_attention_raises():
     inputs = keras.Input((SIZE, SIZE, 3))
     x = kgp.GlobalAveragePooling()(keras.layers.Conv2D(2, 1)(inputs))
     model = keras.Model(inputs, x)
-    with pytest.raises(
-        ValueError, match="no top-level layer of type {BaseAttentionPooling}"
-    ):
+    expected = "no top-level layer of type {BaseAttentionPooling, GlobalSimPooling"
+    with pytest.raises(ValueError, match=expected):
         kgp.attention_maps(model, random_images("channels_last"))
 
 

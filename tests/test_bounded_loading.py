@@ -16,7 +16,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from layer_cases import to_numpy
+from layer_cases import make_pooling, to_numpy
 
 import keras_globalpool as kgp
 from keras_globalpool.safe_loading import load_model
@@ -30,7 +30,7 @@ def _inputs(shape, seed=0):
 
 def _pooling_model(pooling):
     inputs = keras.Input((6, 6, 4))
-    pooled = kgp.POOLINGS[pooling](name="pooler")(inputs)
+    pooled = make_pooling(pooling, name="pooler")(inputs)
     flat = keras.layers.Flatten()(pooled)
     model = keras.Model(inputs, keras.layers.Dense(2, name="predictions")(flat))
     # Off their initial values, each weight keeping its sign (GeM's p > 0).

@@ -16,10 +16,15 @@ from layer_cases import (
     ATTENTION_CASES,
     DATA_FORMATS,
     LAYER_CASES,
+    NOT_PER_CHANNEL,
     RANKS,
     gradients,
     input_shape,
+    keepdims_kwargs,
     make_layer,
+    pooled_size,
+    random_input,
+    scores_per_query,
 )
 
 CASES = sorted(LAYER_CASES)
@@ -30,7 +35,7 @@ def _numpy(tensor):
 
 
 def _out_channels(case, channels):
-    return 2 * channels if case == "mixed" else channels
+    return pooled_size(case, channels)
 
 
 def _empty_shapes():
@@ -55,7 +60,7 @@ class TestStaticSizeZero:
 
     @pytest.mark.parametrize("case", CASES)
     def test_functional_model_with_a_zero_axis_raises(self, case):
-        inputs = keras.Input((5, 0, 3))
+        inputs = keras.Input((5, 0, 4))
         with pytest.raises(ValueError, match=r"no position.*Received: input_shape="):
             make_layer(case)(inputs)
 
@@ -64,9 +69,9 @@ class TestStaticSizeZero:
         # Weightless layers are built at creation, as Keras's own are, so an
         # eager call has no build step to refuse in: every layer pools an
         # empty map to zeros alike.
-        out = make_layer(case)(np.zeros((2, 0, 3), "float32"))
+        out = make_layer(case)(np.zeros((2, 0, 4), "float32"))
         np.testing.assert_array_equal(_numpy(out), 0.0)
-        assert out.shape == (2, _out_channels(case, 3))
+        assert out.shape == (2, _out_channels(case, 4))
 
     def test_message_names_the_layer_and_the_shape(self):
         layer = make_layer("gem", data_format="channels_first")
@@ -92,10 +97,13 @@ class TestRunTimeEmpty:
 
     @pytest.mark.parametrize("case", ATTENTION_CASES)
     def test_attention_scores_of_a_fully_masked_sample_are_zero(self, case):
-        x = np.ones((2, 5, 3), "float32")
+        x = np.ones((2, 5, 4), "float32")
         mask = np.array([[False] * 5, [True, True, False, False, False]])
-        _, scores = make_layer(case)(x, mask=mask, return_attention_scores=True)
-        np.testing.assert_allclose(_numpy(scores), [[0] * 5, [0.5, 0.5, 0, 0, 0]])
+        layer = make_layer(case)
+        _, scores = layer(x, mask=mask, return_attention_scores=True)
+        scores = scores_per_query(layer, _numpy(scores))
+        expected = np.array([[0] * 5, [0.5, 0.5, 0, 0, 0]])[:, None, :]
+        np.testing.assert_allclose(scores, np.broadcast_to(expected, scores.shape))
 
     @pytest.mark.parametrize("case", CASES)
     def test_embedding_of_padding_only_sequences(self, case):
@@ -112,21 +120,21 @@ class TestRunTimeEmpty:
     @pytest.mark.parametrize("case", CASES)
     def test_zero_size_map_at_run_time_gives_zeros(self, case, keepdims):
         """A layer built for unknown sizes, fed a map that has none."""
-        layer = make_layer(case, keepdims=keepdims)
-        layer.build((None, None, None, 3))
-        out = layer(np.zeros((2, 4, 0, 3), "float32"))
-        channels = _out_channels(case, 3)
+        layer = make_layer(case, **keepdims_kwargs(case, keepdims))
+        layer.build((None, None, None, 4))
+        out = layer(np.zeros((2, 4, 0, 4), "float32"))
+        channels = _out_channels(case, 4)
         expected = (2, 1, 1, channels) if keepdims else (2, channels)
         assert tuple(out.shape) == expected
         np.testing.assert_array_equal(_numpy(out), 0.0)
 
     @pytest.mark.parametrize("case", CASES)
     def test_zero_size_map_through_predict(self, case):
-        inputs = keras.Input((None, 3))
+        inputs = keras.Input((None, 4))
         model = keras.Model(inputs, make_layer(case)(inputs))
-        out = model.predict(np.zeros((2, 0, 3), "float32"), verbose=0)
+        out = model.predict(np.zeros((2, 0, 4), "float32"), verbose=0)
         np.testing.assert_array_equal(out, 0.0)
-        assert out.shape == (2, _out_channels(case, 3))
+        assert out.shape == (2, _out_channels(case, 4))
 
     @pytest.mark.parametrize("case", CASES)
     def test_zero_size_map_in_a_tf_function(self, case):
@@ -136,13 +144,16 @@ class TestRunTimeEmpty:
         import tensorflow as tf
 
         layer = make_layer(case)
-        layer.build((None, None, None, 3))
+        layer.build((None, None, None, 4))
         pool = tf.function(
-            layer, input_signature=[tf.TensorSpec((None, None, None, 3), "float32")]
+            layer, input_signature=[tf.TensorSpec((None, None, None, 4), "float32")]
         )
-        for shape in [(2, 0, 4, 3), (2, 3, 0, 3), (1, 2, 2, 3)]:
-            out = pool(tf.ones(shape))
+        # Not constant: a covariance pooling gives zeros for a constant map,
+        # and may for single entries of its output.
+        nonzero = np.any if case in NOT_PER_CHANNEL else np.all
+        for shape in [(2, 0, 4, 4), (2, 3, 0, 4), (1, 2, 2, 4)]:
+            out = pool(tf.constant(random_input(shape, dtype="float32")))
             if 0 in shape:
                 np.testing.assert_array_equal(_numpy(out), 0.0)
             else:
-                assert np.all(_numpy(out) != 0)
+                assert nonzero(_numpy(out) != 0)

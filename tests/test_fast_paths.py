@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
+from layer_cases import make_pooling
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_globalpool as kgp
@@ -162,7 +163,7 @@ def test_fast_paths_ignore_the_global_data_format(name):
 def test_export_has_no_must_compile_function(name, tmp_path):
     inputs = keras.Input((6, 6, 4))
     model = keras.Model(
-        inputs, keras.layers.Dense(2)(kgp.get(name)(keras.layers.ReLU()(inputs)))
+        inputs, keras.layers.Dense(2)(make_pooling(name)(keras.layers.ReLU()(inputs)))
     )
     path = kgp.export_saved_model(model, tmp_path)
     saved_model = saved_model_pb2.SavedModel()

@@ -46,6 +46,7 @@ def _all_layers_model():
         kgp.GlobalAttentionPooling(reduction=2, name="attention")(inputs),
         kgp.GlobalGeMPooling(p=2.5, name="gem")(inputs),
         kgp.GlobalLSEPooling(r=4.0, name="lse")(inputs),
+        kgp.GlobalSimPooling(num_heads=2, gamma=2.0, name="simpool")(inputs),
     ]
     outputs = keras.layers.Dense(2, name="predictions")(
         keras.layers.Concatenate(name="concat")(pooled)
@@ -120,6 +121,18 @@ BAD_FIELDS = {
     "zero reduction": (_set("attention", reduction=0), r"Received: reduction=0"),
     "float reduction": (_set("attention", reduction=2.5), r"reduction=2.5"),
     "unknown normalize": (_set("attention", normalize="relu"), r"normalize='relu'"),
+    "zero num_heads": (_set("simpool", num_heads=0), r"Received: num_heads=0"),
+    "num_heads not dividing the channels": (
+        _set("simpool", num_heads=3),
+        r"divisible by `num_heads`.*num_heads=3, channels=4",
+    ),
+    "negative gamma": (_set("simpool", gamma=-2.0), r"Received: gamma=-2.0"),
+    "NaN gamma": (_set("simpool", gamma=float("nan")), r"Received: gamma=nan"),
+    "string qk_norm": (_set("simpool", qk_norm="no"), r"qk_norm='no'"),
+    "zero layer_norm_epsilon": (
+        _set("simpool", layer_norm_epsilon=0.0),
+        r"Received: layer_norm_epsilon=0.0",
+    ),
     "unknown data_format": (_set("avg", data_format="NHWC"), r"data_format='NHWC'"),
     "string keepdims": (_set("max", keepdims="False"), r"keepdims='False'"),
 }

@@ -11,7 +11,14 @@ import pytest
 import strategies
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from layer_cases import ATTENTION_CASES, LAYER_CASES
+from layer_cases import (
+    ATTENTION_CASES,
+    LAYER_CASES,
+    NOT_PER_CHANNEL,
+    scores_per_query,
+)
+
+import keras_globalpool as kgp
 
 MAX_EXAMPLES = strategies.examples(40)  # per layer case and invariant
 INVARIANT_POLICIES = ("float32", "float64")
@@ -74,8 +81,8 @@ def test_permutation_invariance(case, data):
     if case in ATTENTION_CASES:
         out, scores = layer(x, mask=mask, return_attention_scores=True)
         out_p, scores_p = layer(x_perm, mask=mask_perm, return_attention_scores=True)
-        scores = _numpy(scores).reshape(x.shape[0], positions)[:, permutation]
-        _close(_numpy(scores_p).reshape(x.shape[0], positions), scores, policy, 1.0)
+        scores = scores_per_query(layer, _numpy(scores))[..., permutation]
+        _close(scores_per_query(layer, _numpy(scores_p)), scores, policy, 1.0)
     else:
         out, out_p = layer(x, mask=mask), layer(x_perm, mask=mask_perm)
     _close(_numpy(out_p), _numpy(out), policy, x)
@@ -93,6 +100,18 @@ def test_determinism(case, data):
     clone.build(x.shape)
     clone.set_weights(layer.get_weights())
     np.testing.assert_array_equal(_numpy(clone(x, mask=mask)), first)
+
+
+def _sim_pool_values(layer, x):
+    """The values SimPool pools: `x` layer-normalized over its channels."""
+    last = strategies.to_channels_last(x, layer.data_format).astype(np.float64)
+    centred = last - last.mean(axis=-1, keepdims=True)
+    variance = np.mean(centred**2, axis=-1, keepdims=True)
+    values = centred / np.sqrt(variance + layer.layer_norm_epsilon)
+    values = values * _numpy(layer.norm_gamma) + _numpy(layer.norm_beta)
+    return (
+        np.moveaxis(values, -1, 1) if layer.data_format == "channels_first" else values
+    )
 
 
 def _valid_channel_bounds(x, data_format, mask):
@@ -115,14 +134,24 @@ def test_output_within_channel_bounds(case, data):
 
     GeM pools `max(x, eps)`, so its bounds are those of the clamped map. For
     mixed `"concat"`, the `[avg, max]` halves are each checked against the
-    channel's bounds. A fully masked sample gives zeros (test_empty_inputs).
+    channel's bounds. SimPool pools the layer-normalized map, and with
+    `gamma` that map shifted by its minimum plus 1e-6: its bounds are those.
+    A fully masked sample gives zeros (test_empty_inputs).
     """
+    if case in NOT_PER_CHANNEL:
+        pytest.skip(f"{case!r} pools no value per channel to bound")
+    if case == "map":
+        pytest.skip("'map' projects and mixes the channels: nothing bounds them")
     layer, x, mask, policy = _draw(data, case)
     if case == "gem":
         x_bounds = np.maximum(x, layer.eps)
+    elif isinstance(layer, kgp.GlobalSimPooling):
+        x_bounds = _sim_pool_values(layer, x)
     else:
         x_bounds = x
     low, high, any_valid = _valid_channel_bounds(x_bounds, layer.data_format, mask)
+    if getattr(layer, "gamma", None) is not None:  # SimPool's power mean
+        low, high = np.full_like(low, 1e-6), high - low + 1e-6
     out = _numpy(layer(x, mask=mask)).reshape(x.shape[0], -1)
     if case == "mixed":  # [avg, max] along channels: both halves are bounded
         low, high = np.concatenate([low, low], 1), np.concatenate([high, high], 1)

@@ -15,6 +15,7 @@ from layer_cases import (
     RANKS,
     TRAINABLE_WEIGHTS,
     input_shape,
+    pooled_size,
 )
 
 import keras_globalpool as kgp
@@ -22,7 +23,7 @@ import keras_globalpool as kgp
 
 def _output_shape(case, shape, data_format):
     channel_axis = len(shape) - 1 if data_format == "channels_last" else 1
-    return (shape[0], shape[channel_axis] * (2 if case == "mixed" else 1))
+    return (shape[0], pooled_size(case, shape[channel_axis]))
 
 
 def _cases():

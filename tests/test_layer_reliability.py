@@ -25,10 +25,15 @@ from layer_cases import (
     ATTENTION_CASES,
     DATA_FORMATS,
     LAYER_CASES,
+    NOT_PER_CHANNEL,
     RANKS,
     gradients,
     input_shape,
+    keepdims_kwargs,
     make_layer,
+    make_pooling,
+    pooled_size,
+    query_axes,
     reference_forward,
     to_numpy,
 )
@@ -156,6 +161,47 @@ class TestAccuracyAtAnySize:
             expected = x.astype(np.float64).sum(axis=axes)
             assert _relative_error(out, expected) <= SUM_RTOL, axes
 
+    @pytest.mark.parametrize("positions", [49, 2**16, 2**20])
+    def test_sim_pool_with_equal_weights(self, positions):
+        """Keys that do not vary give equal weights: SimPool is then the mean
+        of the layer-normalized map, here in (0, 2), whose blocked sum keeps
+        the bound. Measured: at most 2 unit roundoffs, up to 2**20 positions."""
+        x = _biased_input((1, positions, 4), seed=7)
+        layer = kgp.GlobalSimPooling()
+        layer.build(x.shape)
+        layer.norm_gamma.assign(np.full(4, 0.5, "float32"))
+        layer.norm_beta.assign(np.ones(4, "float32"))
+        layer.key_kernel.assign(np.zeros((4, 4), "float32"))
+        expected = reference_forward(layer, x.astype(np.float64))
+        assert _relative_error(to_numpy(layer(x)), expected) <= SUM_RTOL
+
+    @pytest.mark.parametrize("offset", [1e2, 1e4])
+    def test_layer_norm_of_channels_that_agree_to_many_digits(self, offset):
+        """Channels `offset + 0.01 z`: the float32 mean is off by a roundoff of
+        the offset, which the plain formula leaves in every normalized value
+        (5,900 unit roundoffs at 1e2, 920,000 at 1e4); centred twice, the
+        error is a few (measured: 1.5)."""
+        rng = np.random.default_rng(8)
+        x = (offset + 1e-2 * rng.normal(size=(64, 16))).astype("float32")
+        ones, zeros = np.ones(16, "float32"), np.zeros(16, "float32")
+        out = to_numpy(kgp.pool_ops.layer_norm(x, ones, zeros))
+        centred = x.astype(np.float64) - x.astype(np.float64).mean(-1, keepdims=True)
+        exact = centred / np.sqrt(np.mean(centred**2, -1, keepdims=True) + 1e-5)
+        assert np.max(np.abs(out - exact)) <= 8 * U32 * np.max(np.abs(exact))
+
+    @pytest.mark.parametrize("positions", [49, 2**16])
+    def test_covariance(self, positions):
+        """Values in [100, 101): the covariance is centered first (a float32
+        `E[x x^T] - m m^T` loses every digit), and its sum over positions is
+        blocked. The error is relative to the largest output, as entries of
+        the root may be near 0; measured: at most 4.2 unit roundoffs, eager
+        and compiled, up to 2**20 positions."""
+        x = _biased_input((1, positions, 4), seed=6)
+        out = to_numpy(kgp.GlobalCovariancePooling(dim=None)(x))
+        expected = kgp.reference.covariance_pool(x.astype(np.float64))
+        error = np.max(np.abs(out - expected))
+        assert error <= SUM_RTOL * np.max(np.abs(expected))
+
 
 # === Masks ===
 
@@ -183,7 +229,7 @@ class TestMaskShapes:
         x = np.ones(shape, "float32")
         mask = np.ones(mask_shape, bool)
         with pytest.raises(ValueError) as info:
-            kgp.get(name)(x, mask=mask)
+            make_pooling(name)(x, mask=mask)
         message = str(info.value)
         assert "`mask`" in message
         assert f"mask.shape={tuple(mask_shape)}" in message
@@ -194,7 +240,7 @@ class TestMaskShapes:
         features = keras.Input((5, 3))
         mask = keras.Input((4,), dtype="bool")
         with pytest.raises(ValueError, match=r"mask\.shape=\(None, 4\)"):
-            kgp.get(name)(features, mask=mask)
+            make_pooling(name)(features, mask=mask)
 
     @pytest.mark.parametrize("data_format", DATA_FORMATS)
     @pytest.mark.parametrize("name", sorted(kgp.POOLINGS))
@@ -203,9 +249,13 @@ class TestMaskShapes:
         x = np.random.default_rng(6).random(shape)
         mask = np.random.default_rng(7).random((2, 3, 4)) < 0.6
         mask[:, 0, 0] = True
-        layer = kgp.get(name, data_format=data_format, dtype="float64")
+        layer = make_pooling(name, data_format=data_format, dtype="float64")
         out = to_numpy(layer(x, mask=mask))
-        np.testing.assert_allclose(out, reference_forward(layer, x, mask), rtol=1e-10)
+        expected = reference_forward(layer, x, mask)
+        # An entry of a covariance's root may be near 0: its rounding error
+        # is relative to the largest entry.
+        atol = 1e-13 * np.max(np.abs(expected)) if name in NOT_PER_CHANNEL else 0.0
+        np.testing.assert_allclose(out, expected, rtol=1e-10, atol=atol)
 
     def test_channels_first_mask_is_spatial(self):
         x = np.ones((2, 3, 5), "float32")  # 3 channels, 5 steps
@@ -229,7 +279,8 @@ class TestEmptyBatch:
     @pytest.mark.parametrize("case", sorted(LAYER_CASES))
     def test_eager(self, case, rank, data_format, keepdims):
         shape = input_shape(rank, data_format, batch=0)
-        layer = make_layer(case, data_format=data_format, keepdims=keepdims)
+        kwargs = keepdims_kwargs(case, keepdims)
+        layer = make_layer(case, data_format=data_format, **kwargs)
         out = layer(np.zeros(shape, "float32"))
         assert tuple(out.shape) == _out_shape(layer, shape)
         assert tuple(out.shape)[0] == 0
@@ -237,15 +288,16 @@ class TestEmptyBatch:
     @pytest.mark.parametrize("case", sorted(LAYER_CASES))
     def test_with_a_mask(self, case):
         layer = make_layer(case)
-        out = layer(np.zeros((0, 5, 3), "float32"), mask=np.ones((0, 5), bool))
-        assert tuple(out.shape) == _out_shape(layer, (0, 5, 3))
+        out = layer(np.zeros((0, 5, 4), "float32"), mask=np.ones((0, 5), bool))
+        assert tuple(out.shape) == _out_shape(layer, (0, 5, 4))
 
     @pytest.mark.parametrize("case", ATTENTION_CASES)
     def test_attention_scores(self, case):
-        _, scores = make_layer(case)(
-            np.zeros((0, 4, 4, 3), "float32"), return_attention_scores=True
+        layer = make_layer(case)
+        _, scores = layer(
+            np.zeros((0, 4, 4, 4), "float32"), return_attention_scores=True
         )
-        assert tuple(scores.shape) == (0, 4, 4)
+        assert tuple(scores.shape) == (0, *query_axes(layer), 4, 4)
 
     @pytest.mark.parametrize("static_spatial", [True, False])
     @pytest.mark.parametrize("case", sorted(LAYER_CASES))
@@ -253,10 +305,10 @@ class TestEmptyBatch:
         """The model's call and the compiled predict function (Keras's
         `predict` itself cannot run zero batches)."""
         spatial = (4, 4) if static_spatial else (None, None)
-        inputs = keras.Input((*spatial, 3))
+        inputs = keras.Input((*spatial, 4))
         model = keras.Model(inputs, make_layer(case)(inputs))
-        x = np.zeros((0, 4, 4, 3), "float32")
-        expected = (0, 6 if case == "mixed" else 3)
+        x = np.zeros((0, 4, 4, 4), "float32")
+        expected = (0, pooled_size(case, 4))
         assert tuple(model(x).shape) == expected
         assert model.predict_on_batch(x).shape == expected
 
@@ -267,10 +319,10 @@ class TestEmptyBatch:
         import tensorflow as tf
 
         layer = make_layer(case)
-        layer.build((None, None, 3))
-        pool = tf.function(layer, input_signature=[tf.TensorSpec((None, None, 3))])
-        out = pool(tf.zeros((0, 5, 3)))
-        assert tuple(out.shape) == (0, 6 if case == "mixed" else 3)
+        layer.build((None, None, 4))
+        pool = tf.function(layer, input_signature=[tf.TensorSpec((None, None, 4))])
+        out = pool(tf.zeros((0, 5, 4)))
+        assert tuple(out.shape) == (0, pooled_size(case, 4))
 
 
 # === GeM's p and the mixed gate under training and loading ===
@@ -490,7 +542,7 @@ class TestDtypesAndInputSpecs:
     )
     @pytest.mark.parametrize("name", sorted(kgp.POOLINGS))
     def test_float_dtype_policies_are_accepted(self, name, dtype):
-        layer = kgp.get(name, dtype=dtype)
+        layer = make_pooling(name, dtype=dtype)
         out = layer(np.ones((2, 3, 4), "float32"))
         assert keras.backend.standardize_dtype(out.dtype) == dtype.split("_")[-1]
 
@@ -512,6 +564,8 @@ class TestDtypesAndInputSpecs:
             ("attention", "channels_first", (2, 4, 5), (2, 6, 5)),
             ("gated_attention", "channels_last", (2, 5, 4), (2, 5, 5)),
             ("gated_attention_ungated", "channels_first", (2, 4, 5), (2, 6, 5)),
+            ("simpool", "channels_last", (2, 5, 4), (2, 5, 5)),
+            ("simpool_gamma", "channels_first", (2, 4, 5), (2, 6, 5)),
             ("mixed_learned", "channels_last", (2, 3, 3, 4), (2, 3, 3, 2)),
         ],
     )

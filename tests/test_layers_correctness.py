@@ -6,14 +6,17 @@ import pytest
 from layer_cases import (
     DATA_FORMATS,
     LAYER_CASES,
+    NOT_PER_CHANNEL,
     RANKS,
     gradients,
     input_shape,
+    keepdims_kwargs,
     make_layer,
     random_input,
     randomize_weights,
     reference_attention,
     reference_forward,
+    sim_pool_arguments,
     to_numpy,
 )
 
@@ -52,7 +55,8 @@ class TestCorrectness:
     @pytest.mark.parametrize("case", LAYER_CASES)
     def test_matches_reference(self, case, rank, data_format, keepdims):
         shape = input_shape(rank, data_format, batch=3)
-        layer = _built(case, shape, data_format=data_format, keepdims=keepdims)
+        keepdims = keepdims_kwargs(case, keepdims)
+        layer = _built(case, shape, data_format=data_format, **keepdims)
         x = random_input(shape)
         out = layer(x)
         assert keras.backend.standardize_dtype(out.dtype) == "float64"
@@ -119,12 +123,17 @@ class TestMasks:
     @pytest.mark.parametrize("case", LAYER_CASES)
     def test_fully_masked_row_gives_zeros(self, case, dtype):
         layer = make_layer(case, dtype=dtype)
-        x = np.full((2, 5, 3), 7.0, "float32")
+        # Not constant, and of both signs: a covariance pooling gives zeros
+        # for constant rows, and for the channels its ReLU zeroes.
+        x = random_input((2, 5, 4), dtype="float32")
         mask = np.array([[False] * 5, [True] * 5])
         out = layer(x, mask=mask)
         grads = gradients(layer, x, np.ones(out.shape), mask)
         np.testing.assert_array_equal(to_numpy(out, "float32")[0], 0.0)
-        assert np.all(to_numpy(out, "float32")[1] != 0.0)
+        valid = to_numpy(out, "float32")[1]
+        # Not per channel: an entry of the covariance's root may be 0.
+        nonzero = np.any if case in NOT_PER_CHANNEL else np.all
+        assert nonzero(valid != 0.0)
         for grad in grads:
             assert np.all(np.isfinite(np.asarray(grad, "float32")))
 
@@ -173,8 +182,11 @@ class TestDtypes:
         layer = _built(case, x.shape)
         out = layer(x)
         assert keras.backend.standardize_dtype(out.dtype) == "float64"
+        # A covariance sees only the differences, 1e-12 against values of 1:
+        # float64 keeps 4 of their digits, float32 none.
+        rtol = 1e-3 if case in NOT_PER_CHANNEL else 1e-14
         np.testing.assert_allclose(
-            to_numpy(out), reference_forward(layer, x), rtol=1e-14
+            to_numpy(out), reference_forward(layer, x), rtol=rtol
         )
 
 
@@ -298,6 +310,242 @@ class TestLimits:
         assert np.all(pooled <= x.max(axis=(1, 2)) + 1e-9)
 
 
+class TestCovariance:
+    """Singular covariances, and features whose covariance float32 cannot hold."""
+
+    @pytest.mark.parametrize("dim", [None, 3])
+    def test_singular_covariance_has_finite_gradients(self, dim):
+        x = random_input((4, 5, 4), dtype="float32")
+        x[1, :, 2:] = 3.7  # two constant channels
+        x[2] = 1.1  # every channel constant
+        mask = np.ones((4, 5), bool)
+        mask[3, 1:] = False  # a single valid position: trace 0
+        layer = kgp.GlobalCovariancePooling(dim=dim)
+        out = to_numpy(layer(x, mask=mask))
+        np.testing.assert_array_equal(out[3], 0.0)
+        expected = reference_forward(layer, x.astype(np.float64), mask)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+        for grad in gradients(layer, x, np.ones(out.shape), mask):
+            assert np.all(np.isfinite(grad))
+
+    @pytest.mark.parametrize("scale", [2.0**-70, 2.0**100])
+    def test_scales_with_its_input(self, scale):
+        """`f(s x) = s f(x)` with the same gradient, where `s**2` under- or
+        overflows float32."""
+        x = random_input((2, 6, 4), dtype="float32")
+        dy = random_input((2, 10), seed=3)
+        layer = kgp.GlobalCovariancePooling(dim=None)
+        scaled = to_numpy(layer(x * scale))
+        np.testing.assert_allclose(scaled, to_numpy(layer(x)) * scale, rtol=1e-6)
+        np.testing.assert_allclose(
+            gradients(layer, x * scale, dy)[0], gradients(layer, x, dy)[0], rtol=1e-6
+        )
+
+
+class TestMultiHeadAttention:
+    """What the "map" case leaves out: qk_norm, heads of several channels
+    with a mask at every rank, and dropout."""
+
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_map_qk_norm_matches_reference(self, rank, data_format):
+        shape = input_shape(rank, data_format, batch=3, channels=8)
+        layer = _built("map", shape, data_format=data_format, qk_norm=True)
+        x = random_input(shape)
+        spatial = shape[1:-1] if data_format == "channels_last" else shape[2:]
+        mask = np.random.default_rng(4).random((3, *spatial)) < 0.6
+        mask[(slice(None), *(0,) * len(spatial))] = True  # one valid at least
+        mask[2] = False  # but in this one: zeros
+        pooled, scores = map(
+            to_numpy, layer(x, mask=mask, return_attention_scores=True)
+        )
+        expected_pooled, expected = reference_attention(layer, x, mask)
+        np.testing.assert_allclose(pooled, expected_pooled, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(scores, expected, rtol=1e-10, atol=1e-14)
+        assert scores.shape == (3, 2, 2, *spatial)
+        axes = tuple(range(3, 3 + len(spatial)))
+        np.testing.assert_allclose(np.sum(scores[:2], axis=axes), 1.0, rtol=1e-12)
+        np.testing.assert_array_equal(pooled[2], 0.0)
+        np.testing.assert_array_equal(scores[2], 0.0)
+        dy = random_input(pooled.shape, seed=9)
+        grads = _gradients(layer, x, dy, mask)
+        weights = {w.name: to_numpy(w) for w in layer.weights}
+        expected_grads = reference.multi_head_attention_pool_grad(
+            x,
+            dy,
+            num_heads=2,
+            **weights,
+            data_format=data_format,
+            keepdims=False,
+            mask=mask,
+        )
+        np.testing.assert_allclose(grads[0], expected_grads["x"], rtol=1e-9, atol=1e-12)
+        for weight, grad in zip(layer.trainable_weights, grads[1:], strict=True):
+            np.testing.assert_allclose(
+                grad, expected_grads[weight.name], rtol=1e-9, atol=1e-12
+            )
+
+    def test_map_dropout_drops_the_projection_in_training_only(self):
+        x = random_input((2, 5, 8))
+        layer = kgp.GlobalMultiHeadAttentionPooling(
+            num_heads=2, mlp_ratio=0.0, dropout=0.5, dtype="float64"
+        )
+        layer.build(x.shape)
+        randomize_weights(layer)
+        projected = to_numpy(layer(x))
+        np.testing.assert_allclose(projected, reference_forward(layer, x), rtol=1e-10)
+        dropped = to_numpy(layer(x, training=True))
+        kept = dropped != 0
+        assert kept.any() and not kept.all()
+        np.testing.assert_allclose(dropped[kept], 2 * projected[kept], rtol=1e-12)
+
+
+class TestSimPool:
+    """What the two "simpool" cases leave out: more heads and the options'
+    other combinations, masks at every rank, and SimPool's limits."""
+
+    OPTIONS = [
+        {"num_heads": 1},
+        {"num_heads": 2, "qk_norm": True},
+        {"num_heads": 4, "qkv_bias": True, "gamma": 1.5},
+        {"num_heads": 8, "qkv_bias": True, "qk_norm": True, "gamma": 3.0},
+    ]
+
+    @pytest.mark.parametrize("options", OPTIONS, ids=str)
+    @pytest.mark.parametrize("data_format", DATA_FORMATS)
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_matches_reference_with_a_mask(self, rank, data_format, options):
+        """Outputs, per-head scores and every gradient, with padded samples."""
+        shape = input_shape(rank, data_format, batch=3, channels=8)
+        # Both layouts of the output: keepdims with channels_first.
+        common = {
+            "data_format": data_format,
+            "keepdims": data_format != "channels_last",
+        }
+        layer = _built("simpool", shape, **common, **options)
+        x = random_input(shape)
+        spatial = shape[1:-1] if data_format == "channels_last" else shape[2:]
+        mask = np.random.default_rng(4).random((3, *spatial)) < 0.6
+        mask[(slice(None), *(0,) * len(spatial))] = True  # one valid at least
+        mask[2] = False  # and a fully masked sample
+        pooled, scores = map(
+            to_numpy, layer(x, mask=mask, return_attention_scores=True)
+        )
+        expected_pooled, expected = reference_attention(layer, x, mask)
+        np.testing.assert_allclose(pooled, expected_pooled, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(scores, expected, rtol=1e-10, atol=1e-14)
+        assert scores.shape == (3, options["num_heads"], *spatial)
+        axes = tuple(range(2, 2 + len(spatial)))
+        np.testing.assert_allclose(np.sum(scores[:2], axis=axes), 1.0, rtol=1e-12)
+        np.testing.assert_array_equal(scores[2], 0.0)
+        np.testing.assert_array_equal(pooled[2], 0.0)
+        dy = random_input(pooled.shape, seed=9)
+        grads = _gradients(layer, x, dy, mask)
+        expected_grads = reference.sim_pool_grad(
+            x, dy, **sim_pool_arguments(layer), **common, mask=mask
+        )
+        np.testing.assert_allclose(grads[0], expected_grads["x"], rtol=1e-9, atol=1e-12)
+        names = [w.name for w in layer.trainable_weights]
+        assert sorted(names) == sorted(expected_grads.keys() - {"x"})
+        for name, grad in zip(names, grads[1:], strict=True):
+            np.testing.assert_allclose(
+                grad, expected_grads[name], rtol=1e-9, atol=1e-12, err_msg=name
+            )
+
+    def test_heads_pool_their_own_channels(self):
+        """Head h weights channels h * d to (h + 1) * d, as timm's reshape."""
+        x = random_input((2, 9, 6))
+        layer = _built("simpool", x.shape, num_heads=3)
+        pooled, scores = map(to_numpy, layer(x, return_attention_scores=True))
+        values = reference.sim_pool(x, **sim_pool_arguments(layer))[0]
+        np.testing.assert_allclose(pooled, values, rtol=1e-12)
+        # Each head's two channels are its weighted sum of the normalized map.
+        centred = x - x.mean(axis=-1, keepdims=True)
+        normalized = centred / np.sqrt(np.mean(centred**2, -1, keepdims=True) + 1e-5)
+        normalized = normalized * to_numpy(layer.norm_gamma) + to_numpy(layer.norm_beta)
+        for head in range(3):
+            channels = slice(2 * head, 2 * head + 2)
+            expected = np.einsum(
+                "bn,bnc->bc", scores[:, head], normalized[..., channels]
+            )
+            np.testing.assert_allclose(pooled[:, channels], expected, rtol=1e-12)
+
+    def test_uniform_weights_give_the_mean_of_the_normalized_map(self):
+        """Keys that do not vary with the position weight them equally."""
+        x = random_input((2, 4, 3, 8))
+        layer = _built("simpool", x.shape, num_heads=2)
+        layer.key_kernel.assign(np.zeros((8, 8)))
+        pooled, scores = map(to_numpy, layer(x, return_attention_scores=True))
+        np.testing.assert_allclose(scores, 1 / 12, rtol=1e-14)
+        values = kgp.pool_ops.layer_norm(
+            x, to_numpy(layer.norm_gamma), to_numpy(layer.norm_beta)
+        )
+        np.testing.assert_allclose(
+            pooled, to_numpy(values).mean(axis=(1, 2)), rtol=1e-12
+        )
+
+    @pytest.mark.parametrize("qk_norm", [False, True])
+    def test_gamma_one_is_the_weighted_sum_shifted_by_the_minimum(self, qk_norm):
+        """With gamma = 1 the power mean is sum(w * (v - min(v) + 1e-6))."""
+        x = random_input((3, 7, 4))
+        mask = _steps_mask(3, 7)
+        plain = _built("simpool", x.shape, num_heads=2, qk_norm=qk_norm)
+        powered = _built("simpool", x.shape, num_heads=2, qk_norm=qk_norm, gamma=1.0)
+        powered.set_weights(plain.get_weights())
+        values = to_numpy(
+            kgp.pool_ops.layer_norm(
+                x, to_numpy(plain.norm_gamma), to_numpy(plain.norm_beta)
+            )
+        )
+        low = np.where(mask[..., None], values, np.inf).min(axis=1)
+        np.testing.assert_allclose(
+            to_numpy(powered(x, mask=mask)),
+            to_numpy(plain(x, mask=mask)) - low + 1e-6,
+            rtol=1e-12,
+        )
+
+    def test_large_gamma_approaches_the_range(self):
+        """The power mean tends to the largest shifted value, max - min + 1e-6:
+        with 6 equal weights and gamma = 400, within a factor 6 ** (-1 / 400)."""
+        x = random_input((2, 6, 4))
+        layer = _built("simpool", x.shape, gamma=400.0)
+        layer.key_kernel.assign(np.zeros((4, 4)))  # equal weights
+        pooled = to_numpy(layer(x))
+        normalized = to_numpy(
+            kgp.pool_ops.layer_norm(
+                x, to_numpy(layer.norm_gamma), to_numpy(layer.norm_beta)
+            )
+        )
+        spread = normalized.max(axis=1) - normalized.min(axis=1) + 1e-6
+        assert np.all(pooled <= spread * (1 + 1e-12))
+        assert np.all(pooled >= spread * 6 ** (-1 / 400) * (1 - 1e-12))
+
+    def test_mixed_precision_scores_are_float32_softmax(self):
+        """Features in the hundreds: the float16 scores are the float32
+        layer's, rounded, and each head's still sum to 1."""
+        x = np.random.default_rng(0).uniform(100, 900, (2, 16, 16, 8))
+        x = x.astype("float16").astype("float32")
+        exact = make_layer("simpool_gamma")
+        half = make_layer("simpool_gamma", dtype="mixed_float16")
+        exact.build(x.shape)
+        randomize_weights(exact)
+        half.build(x.shape)
+        half.set_weights(exact.get_weights())
+        pooled, scores = half(x, return_attention_scores=True)
+        assert keras.backend.standardize_dtype(scores.dtype) == "float16"
+        expected_pooled, expected = map(
+            to_numpy, exact(x, return_attention_scores=True)
+        )
+        np.testing.assert_allclose(
+            to_numpy(scores, "float32"), expected, rtol=2e-3, atol=1e-7
+        )
+        np.testing.assert_allclose(
+            to_numpy(pooled, "float32"), expected_pooled, rtol=2e-3, atol=1e-3
+        )
+        sums = to_numpy(scores, "float32").sum(axis=(2, 3))
+        np.testing.assert_allclose(sums, 1.0, rtol=1e-2)
+
+
 def _gradients(layer, x, dy, mask=None):
     return gradients(layer, x, dy, mask)
 
@@ -379,16 +627,43 @@ class TestGradients:
         assert len(grads) == len(model.trainable_variables)
         for variable, grad in zip(model.trainable_variables, grads, strict=True):
             assert np.all(np.isfinite(grad))
-            if case == "attention_softmax" and variable.path.endswith("score_bias"):
+            if (case, variable.path.split("/")[-1]) in SOFTMAX_SHIFTS:
                 # softmax is shift-invariant: this bias cannot change the output.
                 np.testing.assert_allclose(grad, 0.0, atol=1e-6)
             else:
                 assert np.any(np.asarray(grad) != 0), variable.path
 
 
+# Biases that add the same to every logit of a query (MAP's keys' without
+# qk_norm): they get no gradient.
+SOFTMAX_SHIFTS = {
+    ("attention_softmax", "score_bias"),
+    ("map", "key_bias"),
+    ("simpool_gamma", "key_norm_beta"),  # after qk_norm
+}
+
+
 def reference_backward(layer, x, dy):
     """The oracle's backward pass for `layer`, using its weights."""
+    if isinstance(layer, kgp.GlobalCovariancePooling):
+        weights = {}
+        if layer.dim is not None:
+            weights = {"kernel": layer.kernel.numpy(), "bias": layer.bias.numpy()}
+        return reference.covariance_pool_grad(
+            x,
+            dy,
+            **weights,
+            iterations=layer.iterations,
+            data_format=layer.data_format,
+        )
     common = {"data_format": layer.data_format, "keepdims": layer.keepdims}
+    if isinstance(layer, kgp.GlobalSimPooling):
+        return reference.sim_pool_grad(x, dy, **sim_pool_arguments(layer), **common)
+    if isinstance(layer, kgp.GlobalMultiHeadAttentionPooling):
+        weights = {w.name: np.asarray(w.numpy()) for w in layer.weights}
+        return reference.multi_head_attention_pool_grad(
+            x, dy, num_heads=layer.num_heads, **weights, **common
+        )
     if isinstance(layer, kgp.GlobalAveragePooling):
         return reference.avg_pool_grad(x, dy, **common)
     if isinstance(layer, kgp.GlobalMaxPooling):

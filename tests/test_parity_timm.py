@@ -1,7 +1,17 @@
-"""`GlobalLSEPooling` against timm's `LsePlus2d` and `LsePlus1d` (torch only).
+"""Our poolings against timm's, in `timm/layers/other_pool.py` (torch only).
 
-With the same `r`, the outputs and the gradients with respect to the input
-and to `r` agree within 1e-5 relative in float32.
+- `GlobalLSEPooling` against `LsePlus2d` and `LsePlus1d`: with the same
+  `r`, the outputs and the gradients with respect to the input and to `r`
+  agree within 1e-5 relative in float32.
+- `GlobalSimPooling` against `SimPool2d` (an NCHW input, as timm takes it,
+  and the same map in NHWC for our `channels_last`) and `SimPool1d` (NLC):
+  timm's weights, moved off their initial values, are copied into ours
+  (torch's `Linear` stores its weight as `(out, in)`, our kernels are
+  `(in, out)`). The outputs and the gradients with respect to the input
+  and to every weight agree within 1e-5 in float32, relative to each
+  array's largest magnitude (a gradient entry can cancel to near 0), for
+  `gamma` None and 2, `qk_norm` off and on, `qkv_bias` off and on, and 1
+  and 2 heads. The defaults are timm's.
 
 The test extra installs timm. `import timm` needs torchvision, and the
 only torchvision for torch 2.13.0 that pip finds here is a CUDA build that
@@ -20,6 +30,7 @@ import types
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 import keras_globalpool as kgp
 
@@ -30,6 +41,7 @@ if keras.backend.backend() != "torch":
     )
 
 import torch  # noqa: E402
+from layer_cases import gradients  # noqa: E402
 
 
 def _timm_layers_dir():
@@ -135,3 +147,159 @@ def test_near_average_is_closer_to_float64_than_timm():
 
 def test_default_r_is_timms():
     assert kgp.GlobalLSEPooling().r == timm_pool.LsePlus2d().r.item()
+
+
+# === SimPool ===
+
+SIM_CHANNELS = 8
+SIM_RTOL = {"float32": RTOL, "float64": 1e-12}
+# Our weight -> (timm's parameter, whether to transpose it).
+SIM_WEIGHTS = {
+    "norm_gamma": ("norm.weight", False),
+    "norm_beta": ("norm.bias", False),
+    "query_kernel": ("q.weight", True),
+    "query_bias": ("q.bias", False),
+    "key_kernel": ("k.weight", True),
+    "key_bias": ("k.bias", False),
+    "query_norm_gamma": ("q_norm.weight", False),
+    "query_norm_beta": ("q_norm.bias", False),
+    "key_norm_gamma": ("k_norm.weight", False),
+    "key_norm_beta": ("k_norm.bias", False),
+}
+SIM_CASES = [
+    {"num_heads": heads, "qkv_bias": bias, "qk_norm": norm, "gamma": gamma}
+    for heads in (1, 2)
+    for bias in (False, True)
+    for norm in (False, True)
+    for gamma in (None, 2.0)
+]
+# The weights whose exact gradient can be 0 -> the timm weight whose gradient
+# sizes their rounding noise: the key kernel's for the shifts of the keys.
+VANISHING = {
+    "key_norm_beta": "k.weight",
+    "key_bias": "k.weight",
+    "norm_beta": "norm.weight",
+}
+
+
+def _vanishing(layer):
+    """The weights of `layer` whose exact gradient is 0. A shift of every
+    key by the same vector shifts every logit of a head alike, which the
+    softmax cancels (unless `qk_norm` normalizes it away first); with
+    `gamma`, a shift of the values cancels in `v - min(v)`."""
+    names = {"key_norm_beta"}
+    if not layer.qk_norm:
+        names.add("key_bias")
+        if layer.gamma is not None:
+            names.add("norm_beta")  # it shifts the keys and the values
+    return names
+
+
+def _sim_modules(module_class, kwargs, data_format, x_shape, dtype):
+    """timm's module with random weights, and ours holding the same."""
+    torch.manual_seed(0)
+    theirs = module_class(SIM_CHANNELS, **kwargs)
+    with torch.no_grad():
+        for parameter in theirs.parameters():  # off LayerNorm's 1 and 0
+            parameter.copy_(0.5 * torch.randn_like(parameter))
+    theirs = theirs.to(getattr(torch, dtype))
+    ours = kgp.GlobalSimPooling(**kwargs, data_format=data_format, dtype=dtype)
+    ours.build(x_shape)
+    params = dict(theirs.named_parameters())
+    for weight in ours.weights:
+        name, transpose = SIM_WEIGHTS[weight.name]
+        value = params[name].detach().numpy()
+        weight.assign(value.T if transpose else value)
+    return theirs, ours
+
+
+def _sim_theirs(module, x, dy):
+    """timm's output and gradients: `{"output", "x", *parameter names}`."""
+    xt = torch.tensor(x, requires_grad=True)
+    params = dict(module.named_parameters())
+    y = module(xt)
+    grads = torch.autograd.grad((y * torch.tensor(dy)).sum(), [xt, *params.values()])
+    names = ["output", "x", *params]
+    return dict(zip(names, (t.detach().numpy() for t in (y, *grads)), strict=True))
+
+
+def _sim_ours(layer, x, dy, to_timm_layout):
+    """Ours, keyed and laid out as `_sim_theirs` returns timm's."""
+    grads = gradients(layer, x, dy)
+    ours = {
+        "output": ops.convert_to_numpy(layer(x)),
+        "x": to_timm_layout(grads[0]),
+    }
+    for weight, grad in zip(layer.trainable_weights, grads[1:], strict=True):
+        name, transpose = SIM_WEIGHTS[weight.name]
+        ours[name] = grad.T if transpose else grad
+    return ours
+
+
+def _check_sim_parity(case, data_format, x_shape, seed, to_timm_layout=None):
+    """Our output and gradients against timm's, in float32 and float64.
+
+    Each array within `SIM_RTOL` of timm's, relative to its largest
+    magnitude. In float32 timm's result is itself off the exact one (timm's
+    in float64) by its rounding, up to 3e-5 of the largest magnitude for
+    gradients whose terms cancel, so ours may differ from it by twice that
+    error more. A gradient that is exactly 0 must be rounding noise in both.
+    """
+    module_class, kwargs = case
+    to_timm_layout = to_timm_layout or (lambda a: a)
+    rng = np.random.default_rng(seed)
+    x64, dy64 = rng.normal(size=x_shape), rng.normal(size=(x_shape[0], SIM_CHANNELS))
+    exact = None
+    for dtype in ("float64", "float32"):
+        x, dy = x64.astype(dtype), dy64.astype(dtype)
+        theirs, layer = _sim_modules(module_class, kwargs, data_format, x_shape, dtype)
+        expected = _sim_theirs(theirs, to_timm_layout(x), dy)
+        got = _sim_ours(layer, x, dy, to_timm_layout)
+        exact = exact or expected
+        assert got.keys() == expected.keys()  # every weight of timm's
+        vanishing = {
+            SIM_WEIGHTS[name][0]: VANISHING[name] for name in _vanishing(layer)
+        }
+        for name, b in expected.items():
+            a, rtol = got[name], SIM_RTOL[dtype]
+            assert a.shape == b.shape and a.dtype == b.dtype == dtype, name
+            if name in vanishing:
+                noise = rtol * np.max(np.abs(expected[vanishing[name]]))
+                assert max(np.max(np.abs(a)), np.max(np.abs(b))) <= noise, name
+                continue
+            atol = rtol * np.max(np.abs(b))
+            if dtype == "float32":
+                atol += 2 * np.max(np.abs(b - exact[name]))
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=name)
+
+
+@pytest.mark.parametrize("kwargs", SIM_CASES, ids=str)
+def test_matches_sim_pool_2d(kwargs):
+    case = (timm_pool.SimPool2d, kwargs)
+    _check_sim_parity(case, "channels_first", (3, SIM_CHANNELS, 5, 7), seed=3)
+
+
+@pytest.mark.parametrize("kwargs", SIM_CASES, ids=str)
+def test_matches_sim_pool_2d_channels_last(kwargs):
+    """The same maps in NHWC: the gradient goes back to timm's NCHW."""
+
+    def to_nchw(a):
+        return np.ascontiguousarray(np.moveaxis(a, -1, 1))
+
+    case = (timm_pool.SimPool2d, kwargs)
+    _check_sim_parity(case, "channels_last", (3, 5, 7, SIM_CHANNELS), 4, to_nchw)
+
+
+@pytest.mark.parametrize("kwargs", SIM_CASES, ids=str)
+def test_matches_sim_pool_1d(kwargs):
+    case = (timm_pool.SimPool1d, kwargs)
+    _check_sim_parity(case, "channels_last", (3, 11, SIM_CHANNELS), seed=5)
+
+
+def test_sim_pool_defaults_are_timms():
+    ours, theirs = kgp.GlobalSimPooling(), timm_pool.SimPool2d(SIM_CHANNELS)
+    assert ours.num_heads == theirs.num_heads
+    assert ours.gamma is theirs.gamma is None
+    assert ours.layer_norm_epsilon == theirs.norm.eps
+    assert ours.qkv_bias is (theirs.q.bias is not None)
+    assert ours.qk_norm is isinstance(theirs.q_norm, torch.nn.LayerNorm)

@@ -32,8 +32,74 @@ UNGATED_ATTENTION = {
     name: GATED_ATTENTION[name]
     for name in ("hidden_kernel", "hidden_bias", "score_kernel")
 }
+# Multi-head attention pooling: 3 heads of 1 channel with biases and an MLP
+# of 5 units, and 1 head of 3 channels with qk_norm.
+MAP = {
+    "latent": _rng.normal(size=(2, CHANNELS)),
+    **{
+        f"{name}_kernel": _rng.normal(scale=0.7, size=(CHANNELS, CHANNELS))
+        for name in ("query", "key", "value", "output")
+    },
+    **{
+        f"{name}_bias": _rng.normal(scale=0.5, size=(CHANNELS,))
+        for name in ("query", "key", "value", "output")
+    },
+    "mlp_norm_gamma": 1.0 + _rng.normal(scale=0.3, size=(CHANNELS,)),
+    "mlp_norm_beta": _rng.normal(scale=0.3, size=(CHANNELS,)),
+    "mlp_hidden_kernel": _rng.normal(size=(CHANNELS, 5)),
+    "mlp_hidden_bias": _rng.normal(scale=0.5, size=(5,)),
+    "mlp_output_kernel": _rng.normal(size=(5, CHANNELS)),
+    "mlp_output_bias": _rng.normal(scale=0.5, size=(CHANNELS,)),
+}
+MAP_QK_NORM = {
+    **{
+        name: MAP[name]
+        for name in ("latent", "query_kernel", "key_kernel", "value_kernel")
+    },
+    "output_kernel": MAP["output_kernel"],
+    "output_bias": MAP["output_bias"],
+    **{
+        f"{name}_norm_{part}": base + _rng.normal(scale=0.3, size=(CHANNELS,))
+        for name in ("query", "key")
+        for part, base in (("gamma", 1.0), ("beta", 0.0))
+    },
+}
+# SimPool: 1 head; 3 heads of 1 channel with biases and gamma; 1 head with
+# qk_norm (a norm over 1 channel would leave its bias alone) and gamma 1.5.
+SIM_POOL = {
+    "norm_gamma": 1.0 + _rng.normal(scale=0.3, size=(CHANNELS,)),
+    "norm_beta": _rng.normal(scale=0.3, size=(CHANNELS,)),
+    "query_kernel": _rng.normal(scale=0.7, size=(CHANNELS, CHANNELS)),
+    "key_kernel": _rng.normal(scale=0.7, size=(CHANNELS, CHANNELS)),
+}
+SIM_POOL_BIASES = {
+    "query_bias": _rng.normal(scale=0.5, size=(CHANNELS,)),
+    "key_bias": _rng.normal(scale=0.5, size=(CHANNELS,)),
+}
+SIM_POOL_QK_NORM = {
+    f"{name}_norm_{part}": base + _rng.normal(scale=0.3, size=(CHANNELS,))
+    for name in ("query", "key")
+    for part, base in (("gamma", 1.0), ("beta", 0.0))
+}
+# The heads (and latents, for MAP) of their attention weights, before the
+# spatial axes.
+QUERY_AXES = {
+    "map": (3, 2),
+    "map_qk_norm": (1, 2),
+    "simpool": (1,),
+    "simpool_heads_gamma": (3,),
+    "simpool_qk_norm": (1,),
+}
 # One gate inside [0, 1], one above and one below: the clip matters.
 GATE = np.array([0.3, 1.4, -0.2])
+# A projection to 2 channels whose columns sum to more than 0, so that maps
+# of values near 10 keep both channels through the ReLU.
+COVARIANCE = {
+    "kernel": np.array([[1.0, -0.5], [0.3, 0.8], [-0.2, 0.6]]),
+    "bias": np.array([0.1, -0.3]),
+}
+# The cases without `keepdims` -> their output size.
+NO_KEEPDIMS = {"covariance": 6, "covariance_reduced": 3}
 
 # name -> (forward, backward, arguments); the array arguments are the ones
 # the backward pass differentiates besides `x`.
@@ -76,6 +142,37 @@ CASES = {
         reference.gated_attention_pool_grad,
         UNGATED_ATTENTION,
     ),
+    "map": (
+        reference.multi_head_attention_pool,
+        reference.multi_head_attention_pool_grad,
+        {**MAP, "num_heads": 3},
+    ),
+    "map_qk_norm": (
+        reference.multi_head_attention_pool,
+        reference.multi_head_attention_pool_grad,
+        {**MAP_QK_NORM, "num_heads": 1},
+    ),
+    "covariance": (
+        reference.covariance_pool,
+        reference.covariance_pool_grad,
+        {"iterations": 3},
+    ),
+    "covariance_reduced": (
+        reference.covariance_pool,
+        reference.covariance_pool_grad,
+        {**COVARIANCE, "iterations": 5},
+    ),
+    "simpool": (reference.sim_pool, reference.sim_pool_grad, SIM_POOL),
+    "simpool_heads_gamma": (
+        reference.sim_pool,
+        reference.sim_pool_grad,
+        {**SIM_POOL, **SIM_POOL_BIASES, "num_heads": 3, "gamma": 2.0},
+    ),
+    "simpool_qk_norm": (
+        reference.sim_pool,
+        reference.sim_pool_grad,
+        {**SIM_POOL, **SIM_POOL_BIASES, **SIM_POOL_QK_NORM, "gamma": 1.5},
+    ),
 }
 PARAM_NAMES = {
     "mixed_learned": {"gate"},
@@ -86,9 +183,15 @@ PARAM_NAMES = {
     "attention_softmax": set(ATTENTION),
     "gated_attention": set(GATED_ATTENTION),
     "gated_attention_ungated": set(UNGATED_ATTENTION),
+    "map": set(MAP),
+    "map_qk_norm": set(MAP_QK_NORM),
+    "covariance_reduced": set(COVARIANCE),
+    "simpool": set(SIM_POOL),
+    "simpool_heads_gamma": set(SIM_POOL) | set(SIM_POOL_BIASES),
+    "simpool_qk_norm": set(SIM_POOL) | set(SIM_POOL_BIASES) | set(SIM_POOL_QK_NORM),
 }
 # The cases whose forward pass returns `(pooled, weights)`.
-WEIGHTED = {case for case in CASES if "attention" in case}
+WEIGHTED = {case for case in CASES if "attention" in case or case in QUERY_AXES}
 
 
 @pytest.fixture(autouse=True)
@@ -101,16 +204,27 @@ def _no_silent_overflow():
         yield
 
 
+def _without_keepdims(case, kwargs):
+    """`kwargs` without `keepdims` for a case that has none; a test of
+    `keepdims=True` skips such a case, saying so."""
+    if case not in NO_KEEPDIMS:
+        return kwargs
+    kwargs = dict(kwargs)
+    if kwargs.pop("keepdims", False):
+        pytest.skip(f"{case!r} has no keepdims: its output is not per channel")
+    return kwargs
+
+
 def forward(case, x, **kwargs):
     """The pooled output of `case` (without attention weights)."""
     function, _, params = CASES[case]
-    out = function(x, **{**params, **kwargs})
+    out = function(x, **{**params, **_without_keepdims(case, kwargs)})
     return out[0] if case in WEIGHTED else out
 
 
 def backward(case, x, dy, **kwargs):
     _, function, params = CASES[case]
-    return function(x, dy, **{**params, **kwargs})
+    return function(x, dy, **{**params, **_without_keepdims(case, kwargs)})
 
 
 def input_shape(rank, data_format, batch=2):
@@ -120,6 +234,8 @@ def input_shape(rank, data_format, batch=2):
 
 
 def output_shape(case, rank, data_format, keepdims, batch=2):
+    if case in NO_KEEPDIMS:
+        return (batch, NO_KEEPDIMS[case])
     channels = 2 * CHANNELS if case == "mixed_concat" else CHANNELS
     if not keepdims:
         return (batch, channels)
@@ -296,6 +412,59 @@ class TestForward:
                 pooled[b], expected_w @ valid if len(valid) else 0.0, rtol=1e-12
             )
 
+    @pytest.mark.parametrize(
+        "case", ["simpool", "simpool_heads_gamma", "simpool_qk_norm"]
+    )
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_sim_pool_matches_a_loop(self, rank, case):
+        """Sample by sample and position by position, as the paper writes it."""
+        x = np.random.default_rng(0).normal(size=input_shape(rank, "channels_last", 3))
+        mask = random_mask(rank)
+        params = CASES[case][2]
+        pooled, w = reference.sim_pool(x, **params, mask=mask)
+        heads, gamma = params.get("num_heads", 1), params.get("gamma")
+        d = CHANNELS // heads
+
+        def norm(v, gain, shift):
+            centred = v - np.mean(v)
+            return centred / np.sqrt(np.mean(centred**2) + 1e-5) * gain + shift
+
+        for b in range(3):
+            valid = x[b][mask[b]]  # (n, C)
+            if not len(valid):
+                np.testing.assert_array_equal(pooled[b], 0.0)
+                np.testing.assert_array_equal(w[b], 0.0)
+                continue
+            values = np.array(
+                [norm(v, params["norm_gamma"], params["norm_beta"]) for v in valid]
+            )
+            query = valid.mean(axis=0) @ params["query_kernel"]
+            query = query + params.get("query_bias", 0.0)
+            for h in range(heads):
+                part = slice(h * d, (h + 1) * d)
+                q = query[part]
+                scores = []
+                for v in values:
+                    k = (v @ params["key_kernel"] + params.get("key_bias", 0.0))[part]
+                    if "query_norm_gamma" in params:
+                        q_h = norm(
+                            q, params["query_norm_gamma"], params["query_norm_beta"]
+                        )
+                        k = norm(k, params["key_norm_gamma"], params["key_norm_beta"])
+                    else:
+                        q_h = q
+                    scores.append(np.exp(q_h @ k / np.sqrt(d)))
+                a = np.array(scores) / np.sum(scores)
+                np.testing.assert_allclose(w[b, h][mask[b]], a, rtol=1e-12)
+                np.testing.assert_array_equal(w[b, h][~mask[b]], 0.0)
+                head_values = values[:, part]
+                if gamma is None:
+                    expected = a @ head_values
+                else:
+                    shifted = head_values - head_values.min(axis=0) + 1e-6
+                    expected = (a @ shifted**gamma) ** (1 / gamma)
+                np.testing.assert_allclose(pooled[b, part], expected, rtol=1e-12)
+
     @pytest.mark.parametrize("keepdims", [False, True])
     @pytest.mark.parametrize("data_format", DATA_FORMATS)
     @pytest.mark.parametrize("rank", RANKS)
@@ -308,7 +477,7 @@ class TestForward:
         if case in WEIGHTED:
             function, _, params = CASES[case]
             _, w = function(x, **params, data_format=data_format, keepdims=keepdims)
-            assert w.shape == (2, *SPATIAL[rank])
+            assert w.shape == (2, *QUERY_AXES.get(case, ()), *SPATIAL[rank])
 
     @pytest.mark.parametrize("masked", [False, True])
     @pytest.mark.parametrize("keepdims", [False, True])
@@ -606,6 +775,12 @@ class TestErrors:
                 reference.attention_pool,
                 {**ATTENTION, "normalize": "relu"},
                 "normalize='relu'",
+            ),
+            (reference.sim_pool, {**SIM_POOL, "num_heads": 2}, "num_heads=2"),
+            (
+                reference.sim_pool,
+                {**SIM_POOL, "key_bias": SIM_POOL_BIASES["key_bias"]},
+                "query_bias=None",
             ),
         ],
     )

@@ -43,6 +43,13 @@ def _all_layers_model():
         kgp.GlobalLSEPooling(r=4.0, name="lse")(features),
         kgp.GlobalGatedAttentionPooling(units=4, name="gated")(features),
         kgp.GlobalGatedAttentionPooling(units=4, gated=False, name="ungated")(features),
+        kgp.GlobalMultiHeadAttentionPooling(
+            num_heads=2, latent_len=2, mlp_ratio=1.0, qk_norm=True, name="map"
+        )(features),
+        kgp.GlobalCovariancePooling(dim=4, iterations=3, name="cov")(features),
+        kgp.GlobalSimPooling(
+            num_heads=2, qkv_bias=True, qk_norm=True, gamma=2.0, name="simpool"
+        )(features),
     ]
     outputs = keras.layers.Dense(3, activation="softmax")(
         keras.layers.Concatenate()(pooled)

@@ -1,18 +1,18 @@
 """The base class of the poolings that weight positions by learned scores."""
 
-import keras
 from keras import ops
 
 from keras_globalpool import pool_ops
-from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
+from keras_globalpool.layers.base_kernel_pooling import BaseKernelPooling
 
 
-class BaseAttentionPooling(BaseGlobalPooling):
+class BaseAttentionPooling(BaseKernelPooling):
     """A pooling that scores every position and takes the weighted mean.
 
-    Subclasses create their weights in `build` with `_kernel` and `_bias`,
-    and write `_logits(x)`: one logit per position, with a channel axis of
-    size 1. This class normalizes the logits over the valid positions
+    Subclasses create their weights in `build` with `_kernel` and `_bias`
+    (from `BaseKernelPooling`, which holds their initializers), and write
+    `_logits(x)`: one logit per position, with a channel axis of size 1.
+    This class normalizes the logits over the valid positions
     (`normalization`: `"softmax"`, or `"sigmoid"` scores divided by their
     sum), pools, and returns the scores on request. `kgp.attention_maps`
     reads any subclass. The weights are not autocast: the scores run in
@@ -45,34 +45,6 @@ class BaseAttentionPooling(BaseGlobalPooling):
 
     normalization = "softmax"
 
-    def __init__(
-        self,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        data_format=None,
-        keepdims=False,
-        **kwargs,
-    ):
-        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-
-    def _kernel(self, name, shape):
-        return self.add_weight(
-            name=name,
-            shape=shape,
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            autocast=False,
-        )
-
-    def _bias(self, name, shape):
-        return self.add_weight(
-            name=name, shape=shape, initializer=self.bias_initializer, autocast=False
-        )
-
     def _logits(self, x):
         raise NotImplementedError
 
@@ -90,28 +62,4 @@ class BaseAttentionPooling(BaseGlobalPooling):
         return pooled, self._finish(ops.squeeze(weights, axis=channel_axis))
 
     def compute_output_spec(self, inputs, mask=None, return_attention_scores=False):
-        if mask is not None:
-            self._check_mask(inputs, mask)
-        pooled = keras.KerasTensor(
-            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
-        )
-        if not return_attention_scores:
-            return pooled
-        channel_axis = self._channel_axis(len(inputs.shape))
-        scores_shape = tuple(d for i, d in enumerate(inputs.shape) if i != channel_axis)
-        return pooled, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(
-                    self.kernel_regularizer
-                ),
-            }
-        )
-        return config
+        return self._scores_output_spec(inputs, mask, return_attention_scores)

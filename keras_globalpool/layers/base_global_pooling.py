@@ -168,6 +168,32 @@ class BaseGlobalPooling(keras.layers.Layer):
             self._check_mask(inputs, mask)
         return super().compute_output_spec(inputs, mask=mask, **kwargs)
 
+    def _scores_output_spec(self, inputs, mask, return_attention_scores, queries=()):
+        """The output spec of a pooling that returns attention scores on request.
+
+        Args:
+            inputs: the symbolic input.
+            mask: its mask, or None.
+            return_attention_scores: bool. Whether the scores come too.
+            queries: tuple of int. The scores' axes between the batch and the
+                spatial axes, such as `(num_heads,)`.
+
+        Returns:
+            The pooled `KerasTensor`, or `(pooled, scores)` with the scores
+            shaped `(batch, *queries, *spatial)`.
+        """
+        if mask is not None:
+            self._check_mask(inputs, mask)
+        pooled = keras.KerasTensor(
+            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
+        )
+        if not return_attention_scores:
+            return pooled
+        shape = tuple(inputs.shape)
+        spatial = tuple(shape[axis] for axis in self._spatial_axes(len(shape)))
+        scores_shape = (shape[0], *queries, *spatial)
+        return pooled, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
+
     def compute_mask(self, inputs, mask=None):
         return None
 

@@ -4,8 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_globalpool.layers import BaseAttentionPooling
-from keras_globalpool.pooler import find_pooling_layer
+from keras_globalpool.pooler import ATTENTION_TYPES, find_pooling_layer
 from keras_globalpool.viz.heatmaps import (
     image_batch,
     normalize_heatmaps,
@@ -24,15 +23,18 @@ def attention_maps(model, images, normalize=False, layer_name=None, batch_size=3
     """The attention scores of a model's attention pooling layer.
 
     The scores are the weights the layer gives each feature-map position
-    (they sum to 1 over the positions), resized bilinearly to the images'
-    height and width with half-pixel centres. Use `normalize=True` to scale
+    (they sum to 1 over the positions; for the multi-head poolings, SimPool
+    and MAP, the mean over the heads and latent queries, which sums to 1
+    too), resized bilinearly to the images' height and width with
+    half-pixel centres. Use `normalize=True` to scale
     each map to [0, 1] for display, as `class_activation_maps` does.
 
     Args:
         model: a functional or Sequential `keras.Model` with one image input
-            and a top-level `GlobalAttentionPooling` or
-            `GlobalGatedAttentionPooling` layer; the backbone
-            before it may be a nested sub-model.
+            and a top-level attention pooling layer
+            (`GlobalAttentionPooling`, `GlobalGatedAttentionPooling`,
+            `GlobalSimPooling` or `GlobalMultiHeadAttentionPooling`); the
+            backbone before it may be a nested sub-model.
         images: array of shape `(batch, height, width, channels)`, or
             `(batch, channels, height, width)` when the layer's
             `data_format` is `"channels_first"`.
@@ -61,12 +63,12 @@ def attention_maps(model, images, normalize=False, layer_name=None, batch_size=3
     (4, 32, 32)
     """
     images = image_batch(images)
-    pool = find_pooling_layer(model, layer_name, layer_types=(BaseAttentionPooling,))
-    if not isinstance(pool, BaseAttentionPooling):
+    pool = find_pooling_layer(model, layer_name, layer_types=ATTENTION_TYPES)
+    if not isinstance(pool, ATTENTION_TYPES):
+        names = ", ".join(cls.__name__ for cls in ATTENTION_TYPES)
         raise ValueError(
-            "`attention_maps` needs an attention pooling layer (a "
-            "kgp.BaseAttentionPooling, such as GlobalAttentionPooling or "
-            "GlobalGatedAttentionPooling), and layer "
+            "`attention_maps` needs an attention pooling layer (one of "
+            f"{{{names}}}, or a subclass), and layer "
             f"{pool.name!r} is a {type(pool).__name__}. Pass `layer_name` to "
             f"name the attention layer. Received: layer_name={layer_name!r}"
         )
@@ -77,8 +79,15 @@ def attention_maps(model, images, normalize=False, layer_name=None, batch_size=3
             batch = images[start : start + batch_size]
             features = feature_model(batch, training=False)
             _, scores = pool(features, return_attention_scores=True)
-            maps.append(ops.convert_to_numpy(scores).astype("float32"))
+            maps.append(_mean_over_heads(ops.convert_to_numpy(scores), batch))
     maps = resize_heatmaps(
         np.concatenate(maps), spatial_size(images, data_format_of(pool))
     )
     return normalize_heatmaps(maps) if normalize else maps
+
+
+def _mean_over_heads(scores, images):
+    """Scores of shape `(batch, *spatial)`: multi-head ones averaged."""
+    scores = np.asarray(scores, "float32")
+    heads = tuple(range(1, scores.ndim - (np.ndim(images) - 2)))
+    return scores.mean(axis=heads) if heads else scores

@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 from PIL import Image
 
-from keras_globalpool.layers import BaseAttentionPooling
+from keras_globalpool.pooler import ATTENTION_TYPES
 from keras_globalpool.registry import custom_objects
 from keras_globalpool.viz.attention_maps import attention_maps
 from keras_globalpool.viz.cam import (
@@ -76,7 +76,7 @@ def explain(
     model = _load_model(model_path)
     method = resolve_method(model, method)
     data_format = data_format_of(explained_layer(model))
-    attention = (isinstance(layer, BaseAttentionPooling) for layer in model.layers)
+    attention = (isinstance(layer, ATTENTION_TYPES) for layer in model.layers)
     has_attention = any(attention)
     images = [_load_image(path, model, data_format) for path in image_paths]
     kinds = (method, "attention") if has_attention else (method,)

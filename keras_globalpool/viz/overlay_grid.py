@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_globalpool.layers import BaseAttentionPooling
+from keras_globalpool.pooler import ATTENTION_TYPES
 from keras_globalpool.viz.attention_maps import attention_maps
 from keras_globalpool.viz.cam import (
     METHOD_LABELS,
@@ -130,7 +130,7 @@ def head_heatmaps(model, images, class_index=None):
         Tuple `(maps, label)`: `label` is `"attention map"`, `"CAM"` or
         `"Grad-CAM"`.
     """
-    if any(isinstance(layer, BaseAttentionPooling) for layer in model.layers):
+    if any(isinstance(layer, ATTENTION_TYPES) for layer in model.layers):
         return attention_maps(model, images, normalize=True), "attention map"
     label = METHOD_LABELS[resolve_method(model)]
     return class_activation_maps(model, images, class_index), label
