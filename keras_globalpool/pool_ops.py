@@ -752,7 +752,7 @@ def global_power_weighted_pool(
     low = x if mask is None else ops.where(mask, x, float("inf"))
     low = ops.min(low, axis=axes, keepdims=True)
     low = ops.where(ops.isinf(low), 0.0, low)  # +inf: nothing is valid
-    shifted = x - low + eps
+    shifted = ops.subtract(x, low) + eps
     if mask is not None:
         # A double `where`: masked positions take part in neither the
         # value nor the gradient.

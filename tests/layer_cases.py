@@ -233,6 +233,27 @@ def sim_pool_arguments(layer):
     }
 
 
+def layer_norm(x, gamma=1.0, beta=0.0, epsilon=1e-5):
+    """`x` layer-normalized over its last axis in float64, as torch's
+    `nn.LayerNorm` computes it (the biased variance)."""
+    x = np.asarray(x, np.float64)
+    centred = x - x.mean(axis=-1, keepdims=True)
+    variance = np.mean(centred**2, axis=-1, keepdims=True)
+    return centred / np.sqrt(variance + epsilon) * gamma + beta
+
+
+def sim_pool_values(layer, x):
+    """The values a SimPool `layer` pools, channels last: `x` normalized with
+    its layer norm's weights."""
+    if layer.data_format == "channels_first":
+        x = np.moveaxis(x, 1, -1)
+    weights = (
+        to_numpy(layer.norm_gamma, "float64"),
+        to_numpy(layer.norm_beta, "float64"),
+    )
+    return layer_norm(x, *weights, layer.layer_norm_epsilon)
+
+
 def query_axes(layer):
     """The sizes attention scores have between the batch and spatial axes.
 

@@ -16,6 +16,7 @@ from layer_cases import (
     LAYER_CASES,
     NOT_PER_CHANNEL,
     scores_per_query,
+    sim_pool_values,
 )
 
 import keras_globalpool as kgp
@@ -102,18 +103,6 @@ def test_determinism(case, data):
     np.testing.assert_array_equal(_numpy(clone(x, mask=mask)), first)
 
 
-def _sim_pool_values(layer, x):
-    """The values SimPool pools: `x` layer-normalized over its channels."""
-    last = strategies.to_channels_last(x, layer.data_format).astype(np.float64)
-    centred = last - last.mean(axis=-1, keepdims=True)
-    variance = np.mean(centred**2, axis=-1, keepdims=True)
-    values = centred / np.sqrt(variance + layer.layer_norm_epsilon)
-    values = values * _numpy(layer.norm_gamma) + _numpy(layer.norm_beta)
-    return (
-        np.moveaxis(values, -1, 1) if layer.data_format == "channels_first" else values
-    )
-
-
 def _valid_channel_bounds(x, data_format, mask):
     """Per sample and channel, the min and max over the valid positions."""
     last = strategies.to_channels_last(x, data_format)
@@ -146,7 +135,9 @@ def test_output_within_channel_bounds(case, data):
     if case == "gem":
         x_bounds = np.maximum(x, layer.eps)
     elif isinstance(layer, kgp.GlobalSimPooling):
-        x_bounds = _sim_pool_values(layer, x)
+        x_bounds = sim_pool_values(layer, x)
+        if layer.data_format == "channels_first":
+            x_bounds = np.moveaxis(x_bounds, -1, 1)
     else:
         x_bounds = x
     low, high, any_valid = _valid_channel_bounds(x_bounds, layer.data_format, mask)

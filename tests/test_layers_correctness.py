@@ -17,6 +17,7 @@ from layer_cases import (
     reference_attention,
     reference_forward,
     sim_pool_arguments,
+    sim_pool_values,
     to_numpy,
 )
 
@@ -460,9 +461,7 @@ class TestSimPool:
         values = reference.sim_pool(x, **sim_pool_arguments(layer))[0]
         np.testing.assert_allclose(pooled, values, rtol=1e-12)
         # Each head's two channels are its weighted sum of the normalized map.
-        centred = x - x.mean(axis=-1, keepdims=True)
-        normalized = centred / np.sqrt(np.mean(centred**2, -1, keepdims=True) + 1e-5)
-        normalized = normalized * to_numpy(layer.norm_gamma) + to_numpy(layer.norm_beta)
+        normalized = sim_pool_values(layer, x)
         for head in range(3):
             channels = slice(2 * head, 2 * head + 2)
             expected = np.einsum(
@@ -477,12 +476,8 @@ class TestSimPool:
         layer.key_kernel.assign(np.zeros((8, 8)))
         pooled, scores = map(to_numpy, layer(x, return_attention_scores=True))
         np.testing.assert_allclose(scores, 1 / 12, rtol=1e-14)
-        values = kgp.pool_ops.layer_norm(
-            x, to_numpy(layer.norm_gamma), to_numpy(layer.norm_beta)
-        )
-        np.testing.assert_allclose(
-            pooled, to_numpy(values).mean(axis=(1, 2)), rtol=1e-12
-        )
+        values = sim_pool_values(layer, x)
+        np.testing.assert_allclose(pooled, values.mean(axis=(1, 2)), rtol=1e-12)
 
     @pytest.mark.parametrize("qk_norm", [False, True])
     def test_gamma_one_is_the_weighted_sum_shifted_by_the_minimum(self, qk_norm):
@@ -492,11 +487,7 @@ class TestSimPool:
         plain = _built("simpool", x.shape, num_heads=2, qk_norm=qk_norm)
         powered = _built("simpool", x.shape, num_heads=2, qk_norm=qk_norm, gamma=1.0)
         powered.set_weights(plain.get_weights())
-        values = to_numpy(
-            kgp.pool_ops.layer_norm(
-                x, to_numpy(plain.norm_gamma), to_numpy(plain.norm_beta)
-            )
-        )
+        values = sim_pool_values(plain, x)
         low = np.where(mask[..., None], values, np.inf).min(axis=1)
         np.testing.assert_allclose(
             to_numpy(powered(x, mask=mask)),
@@ -511,11 +502,7 @@ class TestSimPool:
         layer = _built("simpool", x.shape, gamma=400.0)
         layer.key_kernel.assign(np.zeros((4, 4)))  # equal weights
         pooled = to_numpy(layer(x))
-        normalized = to_numpy(
-            kgp.pool_ops.layer_norm(
-                x, to_numpy(layer.norm_gamma), to_numpy(layer.norm_beta)
-            )
-        )
+        normalized = sim_pool_values(layer, x)
         spread = normalized.max(axis=1) - normalized.min(axis=1) + 1e-6
         assert np.all(pooled <= spread * (1 + 1e-12))
         assert np.all(pooled >= spread * 6 ** (-1 / 400) * (1 - 1e-12))

@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_globalpool import pool_ops
 from keras_globalpool.arguments import check_bool, check_positive_int, check_rate
-from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
+from keras_globalpool.layers.base_kernel_pooling import BaseKernelPooling
 
 # timm's ViT (and so SigLIP's head) builds its norms with this epsilon.
 LAYER_NORM_EPSILON = 1e-6
@@ -33,7 +33,7 @@ def _gelu(x):
 
 
 @keras.saving.register_keras_serializable(package="keras_globalpool")
-class GlobalMultiHeadAttentionPooling(BaseGlobalPooling):
+class GlobalMultiHeadAttentionPooling(BaseKernelPooling):
     """Multi-head attention pooling with learned latent queries (MAP).
 
     The head of SigLIP (Zhai et al., "Sigmoid Loss for Language Image
@@ -124,40 +124,29 @@ class GlobalMultiHeadAttentionPooling(BaseGlobalPooling):
         keepdims=False,
         **kwargs,
     ):
-        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        initializers = (kernel_initializer, bias_initializer, kernel_regularizer)
+        super().__init__(*initializers, data_format, keepdims, **kwargs)
         self.num_heads = check_positive_int("num_heads", num_heads)
         self.latent_len = check_positive_int("latent_len", latent_len)
         self.mlp_ratio = _check_mlp_ratio(mlp_ratio)
         self.qkv_bias = check_bool("qkv_bias", qkv_bias)
         self.qk_norm = check_bool("qk_norm", qk_norm)
         self.dropout = float(check_rate("dropout", dropout))
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         if self.dropout > 0:
             self.seed_generator = keras.random.SeedGenerator()
 
     # === Weights ===
 
-    def _weight(self, name, shape, initializer, regularizer=None):
+    def _weight(self, name, shape, initializer):
         # Not autocast: the layer computes in `reduction_dtype`.
         return self.add_weight(
-            name=name,
-            shape=shape,
-            initializer=initializer,
-            regularizer=regularizer,
-            autocast=False,
+            name=name, shape=shape, initializer=initializer, autocast=False
         )
 
     def _dense(self, name, units_in, units_out, bias=True):
-        kernel = self._weight(
-            f"{name}_kernel",
-            (units_in, units_out),
-            self.kernel_initializer,
-            self.kernel_regularizer,
-        )
+        kernel = self._kernel(f"{name}_kernel", (units_in, units_out))
         if bias:
-            self._weight(f"{name}_bias", (units_out,), self.bias_initializer)
+            self._bias(f"{name}_bias", (units_out,))
         return kernel
 
     def _norm(self, name, size):
@@ -282,17 +271,10 @@ class GlobalMultiHeadAttentionPooling(BaseGlobalPooling):
     def compute_output_spec(
         self, inputs, mask=None, training=None, return_attention_scores=False
     ):
-        if mask is not None:
-            self._check_mask(inputs, mask)
-        pooled = keras.KerasTensor(
-            self.compute_output_shape(inputs.shape), dtype=self.compute_dtype
+        queries = (self.num_heads, self.latent_len)
+        return self._scores_output_spec(
+            inputs, mask, return_attention_scores, queries=queries
         )
-        if not return_attention_scores:
-            return pooled
-        shape = tuple(inputs.shape)
-        spatial = (shape[axis] for axis in self._spatial_axes(len(shape)))
-        scores_shape = (shape[0], self.num_heads, self.latent_len, *spatial)
-        return pooled, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -304,13 +286,6 @@ class GlobalMultiHeadAttentionPooling(BaseGlobalPooling):
                 "qkv_bias": self.qkv_bias,
                 "qk_norm": self.qk_norm,
                 "dropout": self.dropout,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(
-                    self.kernel_regularizer
-                ),
             }
         )
         return config
