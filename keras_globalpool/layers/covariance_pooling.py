@@ -5,11 +5,11 @@ from keras import ops
 
 from keras_globalpool import pool_ops
 from keras_globalpool.arguments import check_positive_int
-from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
+from keras_globalpool.layers.base_kernel_pooling import BaseKernelPooling
 
 
 @keras.saving.register_keras_serializable(package="keras_globalpool")
-class GlobalCovariancePooling(BaseGlobalPooling):
+class GlobalCovariancePooling(BaseKernelPooling):
     """Global covariance pooling (iSQRT-COV) for 1D, 2D and 3D feature maps.
 
     The second-order pooling of Li, Xie, Wang and Gao, "Towards Faster
@@ -88,12 +88,10 @@ class GlobalCovariancePooling(BaseGlobalPooling):
                 f"`{type(self).__name__}` has no `keepdims`: its output is not "
                 f"one value per channel. Received: keepdims={kwargs['keepdims']!r}"
             )
-        super().__init__(data_format=data_format, keepdims=False, **kwargs)
+        initializers = (kernel_initializer, bias_initializer, kernel_regularizer)
+        super().__init__(*initializers, data_format, keepdims=False, **kwargs)
         self.dim = check_positive_int("dim", dim, allow_none=True)
         self.iterations = check_positive_int("iterations", iterations)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         if dim is None:
             self._build_without_weights()
 
@@ -104,19 +102,8 @@ class GlobalCovariancePooling(BaseGlobalPooling):
         channels = self._known_channels(input_shape)
         self._set_input_spec(channels)
         # Not autocast: the projection runs in float32 under mixed precision.
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(channels, self.dim),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            autocast=False,
-        )
-        self.bias = self.add_weight(
-            name="bias",
-            shape=(self.dim,),
-            initializer=self.bias_initializer,
-            autocast=False,
-        )
+        self.kernel = self._kernel("kernel", (channels, self.dim))
+        self.bias = self._bias("bias", (self.dim,))
 
     def _pooled_dim(self, input_shape):
         """The side of the covariance matrix: `dim`, or the channels."""
@@ -164,13 +151,6 @@ class GlobalCovariancePooling(BaseGlobalPooling):
             {
                 "dim": self.dim,
                 "iterations": self.iterations,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(
-                    self.kernel_regularizer
-                ),
             }
         )
         return config
