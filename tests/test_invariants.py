@@ -15,6 +15,7 @@ from layer_cases import (
     ATTENTION_CASES,
     LAYER_CASES,
     NOT_PER_CHANNEL,
+    call,
     scores_per_query,
     sim_pool_values,
 )
@@ -50,10 +51,10 @@ def _close(actual, expected, policy, x):
 def test_batch_invariance(case, data):
     """A sample's output does not depend on the other samples of its batch."""
     layer, x, mask, policy = _draw(data, case, min_batch=2, max_batch=4)
-    together = _numpy(layer(x, mask=mask))
+    together = _numpy(call(layer, x, mask=mask))
     for i in range(x.shape[0]):
         alone = _numpy(
-            layer(x[i : i + 1], mask=None if mask is None else mask[i : i + 1])
+            call(layer, x[i : i + 1], mask=None if mask is None else mask[i : i + 1])
         )
         _close(together[i : i + 1], alone, policy, x)
 
@@ -80,12 +81,14 @@ def test_permutation_invariance(case, data):
     mask_perm = None if mask is None else mask[:, permutation]
 
     if case in ATTENTION_CASES:
-        out, scores = layer(x, mask=mask, return_attention_scores=True)
-        out_p, scores_p = layer(x_perm, mask=mask_perm, return_attention_scores=True)
+        out, scores = call(layer, x, mask=mask, return_attention_scores=True)
+        out_p, scores_p = call(
+            layer, x_perm, mask=mask_perm, return_attention_scores=True
+        )
         scores = scores_per_query(layer, _numpy(scores))[..., permutation]
         _close(scores_per_query(layer, _numpy(scores_p)), scores, policy, 1.0)
     else:
-        out, out_p = layer(x, mask=mask), layer(x_perm, mask=mask_perm)
+        out, out_p = call(layer, x, mask=mask), call(layer, x_perm, mask=mask_perm)
     _close(_numpy(out_p), _numpy(out), policy, x)
 
 
@@ -93,14 +96,15 @@ def test_permutation_invariance(case, data):
 @settings(max_examples=MAX_EXAMPLES)
 @given(data=st.data())
 def test_determinism(case, data):
-    """The same input gives bit-identical outputs, eagerly and compiled."""
+    """The same input gives bit-identical outputs, call after call, and from a
+    layer rebuilt from its config and weights."""
     layer, x, mask, _ = _draw(data, case)
-    first = _numpy(layer(x, mask=mask))
-    np.testing.assert_array_equal(_numpy(layer(x, mask=mask)), first)
+    first = _numpy(call(layer, x, mask=mask))
+    np.testing.assert_array_equal(_numpy(call(layer, x, mask=mask)), first)
     clone = type(layer).from_config(layer.get_config())
     clone.build(x.shape)
     clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(_numpy(clone(x, mask=mask)), first)
+    np.testing.assert_array_equal(_numpy(call(clone, x, mask=mask)), first)
 
 
 def _valid_channel_bounds(x, data_format, mask):
@@ -143,7 +147,7 @@ def test_output_within_channel_bounds(case, data):
     low, high, any_valid = _valid_channel_bounds(x_bounds, layer.data_format, mask)
     if getattr(layer, "gamma", None) is not None:  # SimPool's power mean
         low, high = np.full_like(low, 1e-6), high - low + 1e-6
-    out = _numpy(layer(x, mask=mask)).reshape(x.shape[0], -1)
+    out = _numpy(call(layer, x, mask=mask)).reshape(x.shape[0], -1)
     if case == "mixed":  # [avg, max] along channels: both halves are bounded
         low, high = np.concatenate([low, low], 1), np.concatenate([high, high], 1)
     slack = 64 * strategies.ROUNDOFF[policy] * np.maximum(np.abs(low), np.abs(high))

@@ -21,6 +21,7 @@ from layer_cases import (
     ATTENTION_CASES,
     LAYER_CASES,
     NOT_PER_CHANNEL,
+    call,
     gradients,
     layer_norm,
     make_layer,
@@ -229,7 +230,7 @@ def test_finite_inputs_never_give_nan_attention(case, data):
         "float32" if policy == "float32" else "float16"
     )
     mask = spec["mask"]
-    out, scores = layer(x, mask=mask, return_attention_scores=True)
+    out, scores = call(layer, x, mask=mask, return_attention_scores=True)
     out, scores = _numpy(out), _numpy(scores)
     assert case in PROJECTED_CASES or not np.any(np.isnan(out))
     assert np.all(np.isfinite(scores)) and np.all(scores >= 0)
@@ -261,7 +262,7 @@ def test_extreme_logits_with_a_mask_pool_the_valid_steps(normalize, value):
     )
     x = np.array([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]] * 2, "float32")
     mask = np.array([[True, True, False, False], [True, True, True, True]])
-    out, scores = layer(x, mask=mask, return_attention_scores=True)
+    out, scores = call(layer, x, mask=mask, return_attention_scores=True)
     out, scores = _numpy(out), _numpy(scores)
     # Every valid logit is the same huge negative number: equal weights.
     np.testing.assert_allclose(scores[0], [0.5, 0.5, 0.0, 0.0], rtol=1e-6)
