@@ -18,12 +18,12 @@ def _restore_keras_globals():
     keras.config.set_image_data_format(data_format)
 
 
-# On jax, which compiles every operation for each new shape and costs about
-# five times TensorFlow's time per test, the layer suites run one case per
-# pooling: the tests parametrized by a `case` that is a variant of a pooling
-# (another mode, normalization, gate or power) run on TensorFlow and torch
-# only; tests that build a variant by name, without a `case` parameter,
-# still run here. pytest reports the others as deselected.
+# On jax, which compiles every operation for each new shape, the layer
+# suites run one case per pooling: the tests parametrized by a `case` that
+# is a variant of a pooling (another mode, normalization, gate or power)
+# run on TensorFlow and torch only; tests that build a variant by name,
+# without a `case` parameter, still run here. pytest reports the others as
+# deselected.
 JAX_LEFT_OUT_VARIANTS = (
     "mixed_mean",
     "mixed_learned",

@@ -20,6 +20,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from layer_cases import LAYER_CASES, NOT_PER_CHANNEL
 
 import keras_globalpool as kgp
+from keras_globalpool.layers.base_kernel_pooling import BaseKernelPooling
 
 _COMMON = {
     "deadline": None,  # the first call of a new shape compiles on jax
@@ -166,10 +167,6 @@ def values(draw, shape, low=-100.0, high=100.0):
     return np.array(flat, dtype=np.float64).reshape(shape)
 
 
-# The poolings that take a `kernel_initializer`.
-_KERNEL_POOLINGS = ("attention", "gated_attention", "map", "covariance", "simpool")
-
-
 def built_layer(draw, case, policy, spec):
     """A built layer of `case` with drawn weights moved off their defaults."""
     name, case_kwargs = LAYER_CASES[case]
@@ -195,7 +192,8 @@ def built_layer(draw, case, policy, spec):
         kwargs["num_heads"] = draw(st.sampled_from(divisors))
         if kwargs.get("gamma") is not None:
             kwargs["gamma"] = draw(st.floats(0.5, 4.0))
-    if name in _KERNEL_POOLINGS and keras.backend.backend() == "jax":
+    takes_initializer = issubclass(kgp.POOLINGS[name], BaseKernelPooling)
+    if takes_initializer and keras.backend.backend() == "jax":
         # The weights are drawn below; a random initializer would compile its
         # generator for each new kernel shape on jax, at a second apiece.
         kwargs["kernel_initializer"] = "zeros"
