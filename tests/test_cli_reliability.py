@@ -15,6 +15,7 @@ from PIL import Image
 
 import keras_globalpool as kgp
 from keras_globalpool.cli import compare, training
+from keras_globalpool.cli.interruption import is_interruption
 from keras_globalpool.cli.main import build_parser, main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -135,7 +136,15 @@ INTERRUPTIONS = {
 
 
 @pytest.mark.parametrize("kind", sorted(INTERRUPTIONS))
-@pytest.mark.parametrize("during", ["export", "training"])
+def test_every_form_of_ctrl_c_is_an_interruption(kind):
+    assert is_interruption(INTERRUPTIONS[kind]())
+    assert not is_interruption(RuntimeError("Error in user-defined function"))
+
+
+# A run end to end in each phase; the test above covers every form of Ctrl-C.
+@pytest.mark.parametrize(
+    ("during", "kind"), [("export", "message"), ("training", "context")]
+)
 def test_interruption_on_the_second_head_keeps_the_first(
     tmp_path, capsys, monkeypatch, during, kind
 ):

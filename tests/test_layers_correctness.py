@@ -431,7 +431,7 @@ class TestSimPool:
         mask[(slice(None), *(0,) * len(spatial))] = True  # one valid at least
         mask[2] = False  # and a fully masked sample
         pooled, scores = map(
-            to_numpy, layer(x, mask=mask, return_attention_scores=True)
+            to_numpy, call(layer, x, mask=mask, return_attention_scores=True)
         )
         expected_pooled, expected = reference_attention(layer, x, mask)
         np.testing.assert_allclose(pooled, expected_pooled, rtol=1e-10, atol=1e-12)
@@ -541,6 +541,10 @@ def _gradients(layer, x, dy, mask=None):
     return gradients(layer, x, dy, mask)
 
 
+# Random directions per input and per weight in the finite-difference test.
+DIRECTIONS = 3
+
+
 class TestGradients:
     @pytest.mark.parametrize("data_format", DATA_FORMATS)
     @pytest.mark.parametrize(
@@ -558,35 +562,45 @@ class TestGradients:
         )
         dy = random_input(tuple(layer.compute_output_shape(shape)), seed=9)
         analytic = _gradients(layer, x, dy, mask)
+        weights = layer.trainable_weights
+        values = [np.array(w.numpy()) for w in weights]
+
+        def loss(inputs, weight_values):  # compiled on jax
+            for weight, value in zip(weights, weight_values, strict=True):
+                weight.assign(value)
+            return float(np.sum(to_numpy(call(layer, inputs, mask=mask)) * dy))
+
+        # Central differences along random directions, as jax's check_grads
+        # takes them, in place of one pair of calls per element: directions
+        # of the input, then of all the weights at once.
+        rng = np.random.default_rng(3)
         step = 1e-6
 
-        def loss():  # compiled on jax: hundreds of calls on one shape
-            return float(np.sum(to_numpy(call(layer, x, mask=mask)) * dy))
+        def check(name, origin, grads, loss_at):
+            for _ in range(DIRECTIONS):
+                directions = [rng.normal(size=np.shape(a)) for a in origin]
+                up = loss_at([step * d for d in directions])
+                down = loss_at([-step * d for d in directions])
+                derivative = sum(
+                    np.sum(g * d) for g, d in zip(grads, directions, strict=True)
+                )
+                np.testing.assert_allclose(
+                    (up - down) / (2 * step),
+                    derivative,
+                    rtol=1e-6,
+                    atol=1e-8,
+                    err_msg=name,
+                )
 
-        numeric = np.zeros_like(x)
-        for index in np.ndindex(x.shape):
-            saved = x[index]
-            x[index] = saved + step
-            up = loss()
-            x[index] = saved - step
-            down = loss()
-            x[index] = saved
-            numeric[index] = (up - down) / (2 * step)
-        np.testing.assert_allclose(analytic[0], numeric, rtol=1e-5, atol=1e-7)
-        for weight, grad in zip(layer.trainable_weights, analytic[1:], strict=True):
-            value = np.array(weight.numpy())
-            numeric_w = np.zeros_like(value)
-            for index in np.ndindex(value.shape):
-                bumped = value.copy()
-                bumped[index] += step
-                weight.assign(bumped)
-                up = loss()
-                bumped[index] -= 2 * step
-                weight.assign(bumped)
-                down = loss()
-                numeric_w[index] = (up - down) / (2 * step)
-            weight.assign(value)
-            np.testing.assert_allclose(grad, numeric_w, rtol=1e-5, atol=1e-7)
+        check("input", [x], analytic[:1], lambda d: loss(x + d[0], values))
+        if values:
+            check(
+                "weights",
+                values,
+                analytic[1:],
+                lambda d: loss(x, [v + e for v, e in zip(values, d, strict=True)]),
+            )
+        loss(x, values)  # the layer's own weights back
 
     @pytest.mark.parametrize("case", LAYER_CASES)
     def test_input_gradient_matches_reference_backward(self, case):
