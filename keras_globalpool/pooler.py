@@ -129,4 +129,4 @@ def split_at_pooler(model):
             f"`model`'s {POOLER_NAME!r} must be called once, on one feature map; "
             "cached training does not support multi-scale heads."
         ) from error
-    return keras.Model(model.inputs, maps), keras.Model(maps, model.outputs)
+    return keras.Model(model.input, maps), keras.Model(maps, model.output)
