@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from layer_cases import make_pooling
 from viz_models import cpu_safe_conv2d
 
 import keras_globalpool as kgp
@@ -198,6 +199,26 @@ class TestGradCAM:
         # Mean over positions of d logit_2 / d f, one weight per channel.
         channel_weights = (active * w2[:, 2]) @ w1.T / (SIZE * SIZE)
         cams = np.einsum("bhwc,bc->bhw", features, channel_weights)
+        np.testing.assert_allclose(maps, hand_minmax(np.maximum(cams, 0.0)), atol=1e-5)
+
+    @pytest.mark.parametrize("name", sorted(kgp.POOLINGS))
+    def test_every_pooling_gives_the_gradient_taken_by_hand(self, name):
+        # Each channel's weight is the mean over positions of d logit / d map,
+        # taken here with a tape on the backbone's maps.
+        keras.utils.set_random_seed(10)
+        pooler = make_pooling(name, name="pooler")
+        dense = keras.layers.Dense(3, name="predictions")
+        model, backbone = classifier(head=[pooler, keras.layers.Flatten(), dense])
+        images = random_images("channels_last")
+
+        maps = kgp.class_activation_maps(model, images, class_index=1, method="gradcam")
+
+        features = tf.constant(backbone(0.5 * images))
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            logits = dense(keras.layers.Flatten()(pooler(features)))[:, 1]
+        channel_weights = tape.gradient(logits, features).numpy().mean(axis=(1, 2))
+        cams = np.einsum("bhwc,bc->bhw", features.numpy(), channel_weights)
         np.testing.assert_allclose(maps, hand_minmax(np.maximum(cams, 0.0)), atol=1e-5)
 
 
