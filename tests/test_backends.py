@@ -187,9 +187,11 @@ IMPORT_ONLY = textwrap.dedent(
     """
     import sys
 
+    import keras
+
     import keras_globalpool as kgp
 
-    assert kgp.GlobalAveragePooling()(kgp.pool_ops.ops.ones((1, 2, 3))).shape[-1] == 3
+    assert kgp.GlobalAveragePooling()(keras.ops.ones((1, 2, 3))).shape[-1] == 3
     print(sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")[:5])
     """
 )
