@@ -16,6 +16,7 @@ from keras_globalpool.export import export_saved_model
 from keras_globalpool.layers import (
     BaseAttentionPooling,
     BaseGlobalPooling,
+    ClassSpecificResidualAttention,
     GlobalAttentionPooling,
     GlobalAveragePooling,
     GlobalCovariancePooling,
@@ -47,6 +48,7 @@ __all__ = [
     "BaseAttentionPooling",
     "BaseGlobalPooling",
     "CachedFeatures",
+    "ClassSpecificResidualAttention",
     "FrozenBatchNormalization",
     "GlobalAttentionPooling",
     "GlobalAveragePooling",

@@ -3,6 +3,7 @@
 import keras
 
 from keras_globalpool.layers import (
+    ClassSpecificResidualAttention,
     GlobalAttentionPooling,
     GlobalAveragePooling,
     GlobalCovariancePooling,
@@ -28,6 +29,7 @@ POOLINGS = {
     "map": GlobalMultiHeadAttentionPooling,
     "covariance": GlobalCovariancePooling,
     "simpool": GlobalSimPooling,
+    "csra": ClassSpecificResidualAttention,
 }
 
 # Layers the builders put into models, which loading them needs as well.
@@ -42,8 +44,11 @@ def custom_objects():
 
     Example:
 
-    >>> sorted(kgp.custom_objects())[:2]
-    ['BackbonePreprocessing', 'FrozenBatchNormalization']
+    >>> objects = kgp.custom_objects()
+    >>> objects["GlobalGeMPooling"] is kgp.GlobalGeMPooling
+    True
+    >>> "FrozenBatchNormalization" in objects
+    True
     """
     return {cls.__name__: cls for cls in (*POOLINGS.values(), *BUILDER_LAYERS)}
 
@@ -54,7 +59,8 @@ def get(identifier, **kwargs):
     Args:
         identifier: one of `"avg"`, `"max"`, `"mixed"`, `"attention"`,
             `"gem"`, `"lse"`, `"gated_attention"`, `"map"`,
-            `"covariance"`, `"simpool"`; a dict from
+            `"covariance"`, `"simpool"`, `"csra"` (which needs
+            `num_classes`); a dict from
             `keras.saving.serialize_keras_object`; or a `keras.layers.Layer`,
             returned unchanged.
         **kwargs: constructor arguments, used with a name only.

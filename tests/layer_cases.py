@@ -32,6 +32,8 @@ LAYER_CASES = {
         "simpool",
         {"num_heads": 2, "gamma": 2.0, "qkv_bias": True, "qk_norm": True},
     ),
+    # Two heads: one of softmax temperature 1, one of max.
+    "csra": ("csra", {"num_classes": 3, "num_heads": 2, "lam": 0.5}),
 }
 TRAINABLE_WEIGHTS = {
     "mixed_learned": 1,
@@ -45,6 +47,7 @@ TRAINABLE_WEIGHTS = {
     "covariance": 2,
     "simpool": 4,
     "simpool_gamma": 10,
+    "csra": 1,
 }
 # The cases that return attention scores on request, and whose weights are
 # shared by every channel (by every channel of a head, for "map" and
@@ -61,7 +64,7 @@ ATTENTION_CASES = (
 # The cases whose output is not one value per channel: they have no
 # `keepdims` (see `keepdims_kwargs`), `pooled_size` gives their output size,
 # and a NaN at a valid position makes their whole sample NaN.
-NOT_PER_CHANNEL = ("covariance",)
+NOT_PER_CHANNEL = ("covariance", "csra")
 RANKS = (3, 4, 5)
 DATA_FORMATS = ("channels_last", "channels_first")
 SPATIAL = {3: (6,), 4: (5, 4), 5: (3, 4, 2)}
@@ -86,6 +89,8 @@ def pooled_size(case, channels):
     if name == "covariance":
         dim = kwargs.get("dim", 256) or channels
         return dim * (dim + 1) // 2
+    if name == "csra":
+        return kwargs["num_classes"]
     return 2 * channels if case == "mixed" else channels
 
 
@@ -96,8 +101,9 @@ def make_layer(case, **kwargs):
 
 
 # What a registry pooling needs beyond its defaults to take any channel count:
-# multi-head attention's channels must be a multiple of `num_heads` (8, timm's).
-ANY_CHANNELS = {"map": {"num_heads": 1}}
+# multi-head attention's channels must be a multiple of `num_heads` (8, timm's),
+# and CSRA needs its number of classes.
+ANY_CHANNELS = {"map": {"num_heads": 1}, "csra": {"num_classes": 3}}
 
 
 def make_pooling(pooling, **kwargs):
@@ -177,6 +183,15 @@ def reference_forward(layer, x, mask=None):
             x,
             **weights,
             iterations=layer.iterations,
+            data_format=layer.data_format,
+            mask=mask,
+        )
+    if isinstance(layer, kgp.ClassSpecificResidualAttention):
+        return reference.csra(
+            x,
+            to_numpy(layer.kernel, "float64"),
+            layer.temperatures,
+            layer.lam,
             data_format=layer.data_format,
             mask=mask,
         )

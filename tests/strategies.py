@@ -193,6 +193,11 @@ def built_layer(draw, case, policy, spec):
         kwargs["num_heads"] = draw(st.sampled_from(divisors))
         if kwargs.get("gamma") is not None:
             kwargs["gamma"] = draw(st.floats(0.5, 4.0))
+    if name == "csra":  # every temperature setting of the paper
+        kwargs["num_heads"] = draw(
+            st.sampled_from(sorted(kgp.pool_ops.CSRA_TEMPERATURES))
+        )
+        kwargs["lam"] = draw(st.floats(0.05, 2.0))
     takes_initializer = issubclass(kgp.POOLINGS[name], BaseKernelPooling)
     if takes_initializer and keras.backend.backend() == "jax":
         # The weights are drawn below; a random initializer would compile its

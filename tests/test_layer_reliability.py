@@ -527,7 +527,7 @@ class TestDtypesAndInputSpecs:
     @pytest.mark.parametrize("name", sorted(kgp.POOLINGS))
     def test_integer_dtype_policy_is_refused(self, name, dtype):
         with pytest.raises(ValueError, match=rf"floating.*Received: dtype='{dtype}'"):
-            kgp.get(name, dtype=dtype)
+            make_pooling(name, dtype=dtype)
 
     @pytest.mark.parametrize(
         "dtype",

@@ -13,6 +13,7 @@ from layer_cases import (
     input_shape,
     keepdims_kwargs,
     make_layer,
+    make_pooling,
     pooled_size,
     random_input,
     randomize_weights,
@@ -104,7 +105,7 @@ class TestBasic:
     def test_data_format_follows_keras_config(self):
         keras.config.set_image_data_format("channels_first")
         for name in kgp.POOLINGS:
-            assert kgp.get(name).data_format == "channels_first"
+            assert make_pooling(name).data_format == "channels_first"
 
     def test_attention_bottleneck_size(self):
         layer = kgp.GlobalAttentionPooling(reduction=8)
@@ -227,7 +228,7 @@ class TestBasic:
 class TestRegistry:
     @pytest.mark.parametrize("name", sorted(kgp.POOLINGS))
     def test_get_by_name(self, name):
-        assert isinstance(kgp.get(name), kgp.POOLINGS[name])
+        assert isinstance(make_pooling(name), kgp.POOLINGS[name])
 
     def test_get_passes_kwargs_and_instances(self):
         assert kgp.get("mixed", mode="mean").mode == "mean"
@@ -262,7 +263,7 @@ class TestErrors:
     @pytest.mark.parametrize("name", sorted(kgp.POOLINGS))
     def test_unknown_data_format(self, name, bad):
         with pytest.raises(ValueError, match=f"Received: data_format='{bad}'"):
-            kgp.get(name, data_format=bad)
+            make_pooling(name, data_format=bad)
 
     @pytest.mark.parametrize("bad", ["sum", "max", "", None])
     def test_unknown_mode(self, bad):

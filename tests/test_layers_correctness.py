@@ -669,6 +669,15 @@ def reference_backward(layer, x, dy):
             iterations=layer.iterations,
             data_format=layer.data_format,
         )
+    if isinstance(layer, kgp.ClassSpecificResidualAttention):
+        return reference.csra_grad(
+            x,
+            dy,
+            to_numpy(layer.kernel, "float64"),
+            layer.temperatures,
+            layer.lam,
+            data_format=layer.data_format,
+        )
     common = {"data_format": layer.data_format, "keepdims": layer.keepdims}
     if isinstance(layer, kgp.GlobalSimPooling):
         return reference.sim_pool_grad(x, dy, **sim_pool_arguments(layer), **common)

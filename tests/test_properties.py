@@ -32,7 +32,7 @@ MAX_EXAMPLES = strategies.examples(100)  # per layer case
 
 
 # The cases whose output does not scale with the input (`f(s x) != s f(x)`).
-NOT_HOMOGENEOUS = ("gem", "map", "simpool", "simpool_gamma", "covariance")
+NOT_HOMOGENEOUS = ("gem", "map", "simpool", "simpool_gamma", "covariance", "csra")
 
 
 def _tolerance(case, policy, x):

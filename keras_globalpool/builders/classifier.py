@@ -9,6 +9,8 @@ from keras_globalpool.builders.backbone_features import (
 from keras_globalpool.builders.head import (
     check_head_arguments,
     classification_head,
+    is_class_head,
+    make_class_head,
     make_pooler,
 )
 from keras_globalpool.pooler import POOLER_NAME
@@ -68,7 +70,12 @@ def build_classifier(
             as a template), or `"flatten"` for the classic Flatten + Dense
             baseline. A layer must pool to a vector: a kgp pooling,
             `keras.layers.GlobalAveragePooling2D`, `GlobalMaxPooling2D` or
-            `Flatten`, without `keepdims`. Defaults to `"avg"`.
+            `Flatten`, without `keepdims`. `"csra"` (or a
+            `kgp.ClassSpecificResidualAttention` as a template) makes the
+            `pooler` a CSRA head that gives the class logits itself, with
+            `dropout` on the feature map, and `predictions` an `Activation`
+            layer; `hidden_units` must then be `()` and `stages` `None`.
+            Defaults to `"avg"`.
         weights: `None` (random), `"imagenet"`, or the path of a weights file
             for the `keras.applications` model without its top. Leave it out
             (or `None`) when `backbone` is a model, which has its own.
@@ -118,6 +125,66 @@ def build_classifier(
     False
     """
     check_head_arguments(num_classes, dropout, hidden_units, hidden_dropout)
+    if is_class_head(pooling):
+        _check_class_head_arguments(hidden_units, stages)
+        # Made first, so a bad `pooling` is refused before the backbone is built.
+        head = make_class_head(pooling, num_classes, dropout, name=POOLER_NAME)
+        images, features = backbone_features(
+            backbone, input_shape, weights, preprocessing, freeze_batch_norm, None
+        )
+        outputs = keras.layers.Activation(
+            activation, dtype="float32", name="predictions"
+        )(head(features))
+    else:
+        images, outputs = _pooled_classifier(
+            backbone,
+            num_classes,
+            input_shape,
+            pooling,
+            weights,
+            freeze_batch_norm,
+            dropout,
+            hidden_units,
+            activation,
+            hidden_activation,
+            hidden_dropout,
+            preprocessing,
+            stages,
+        )
+    model = keras.Model(images, outputs, name=name)
+    model.get_layer("backbone").trainable = not freeze_backbone
+    return model
+
+
+def _check_class_head_arguments(hidden_units, stages):
+    if hidden_units:
+        raise ValueError(
+            "`hidden_units` must be () with pooling='csra', which maps the "
+            f"feature map to class logits. Received: hidden_units={hidden_units!r}"
+        )
+    if stages is not None:
+        raise ValueError(
+            "`stages` must be None with pooling='csra', which takes one "
+            f"feature map. Received: stages={stages!r}"
+        )
+
+
+def _pooled_classifier(
+    backbone,
+    num_classes,
+    input_shape,
+    pooling,
+    weights,
+    freeze_batch_norm,
+    dropout,
+    hidden_units,
+    activation,
+    hidden_activation,
+    hidden_dropout,
+    preprocessing,
+    stages,
+):
+    """The images and the class scores of a pooling head's classifier."""
     # Made first, so a bad `pooling` is refused before the backbone is built.
     pooler = make_pooler(pooling, name=POOLER_NAME)
     images, features = backbone_features(
@@ -141,6 +208,4 @@ def build_classifier(
         hidden_dropout=hidden_dropout,
         activation=activation,
     )
-    model = keras.Model(images, outputs, name=name)
-    model.get_layer("backbone").trainable = not freeze_backbone
-    return model
+    return images, outputs

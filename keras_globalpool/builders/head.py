@@ -3,7 +3,7 @@
 import keras
 
 from keras_globalpool.arguments import check_positive_int, check_rate, is_positive_int
-from keras_globalpool.layers import BaseGlobalPooling
+from keras_globalpool.layers import BaseGlobalPooling, ClassSpecificResidualAttention
 from keras_globalpool.registry import POOLINGS, get
 
 # The classic baseline the pooling heads replace, by name, next to the poolings.
@@ -28,6 +28,60 @@ def _check_pools(template, pooling):
         )
 
 
+def is_class_head(pooling):
+    """Whether `pooling` names CSRA, which maps feature maps to class logits.
+
+    Args:
+        pooling: a `make_pooler` or `make_class_head` argument.
+
+    Returns:
+        bool.
+    """
+    if isinstance(pooling, str):
+        return pooling == "csra"
+    if isinstance(pooling, dict):
+        return pooling.get("class_name") == ClassSpecificResidualAttention.__name__
+    return isinstance(pooling, ClassSpecificResidualAttention)
+
+
+def make_class_head(pooling, num_classes, dropout, name):
+    """A new `kgp.ClassSpecificResidualAttention` called `name`, in float32.
+
+    Args:
+        pooling: `"csra"`, or a CSRA layer or its serialized dict as a
+            template, whose other arguments (its own `dropout` included)
+            the new layer keeps.
+        num_classes: int. The classes; a template must have as many.
+        dropout: float. The dropout on the feature map, for `"csra"`.
+        name: string. The new layer's name.
+
+    Returns:
+        The layer. It computes in float32, so a mixed-precision model
+        still outputs float32 logits.
+
+    Example:
+
+    >>> from keras_globalpool.builders.head import make_class_head
+    >>> head = make_class_head("csra", 5, dropout=0.2, name="pooler")
+    >>> head.num_classes, head.dropout, head.dtype_policy.name
+    (5, 0.2, 'float32')
+    """
+    if isinstance(pooling, str):
+        return ClassSpecificResidualAttention(
+            num_classes, dropout=dropout, dtype="float32", name=name
+        )
+    config = get(pooling).get_config()
+    if config["num_classes"] != num_classes:
+        raise ValueError(
+            f"`pooling` must have as many classes as the model: num_classes="
+            f"{num_classes}. Received: pooling with num_classes="
+            f"{config['num_classes']!r}"
+        )
+    return ClassSpecificResidualAttention.from_config(
+        {**config, "dtype": "float32", "name": name}
+    )
+
+
 def make_pooler(pooling, name):
     """Returns a new pooling layer called `name`.
 
@@ -49,6 +103,12 @@ def make_pooler(pooling, name):
     >>> make_pooler(kgp.GlobalGeMPooling(p=4.0), name="pooler").p
     4.0
     """
+    if is_class_head(pooling):
+        raise ValueError(
+            "`pooling` must pool a feature map into a vector: 'csra' maps it "
+            "to class logits, and only `kgp.build_classifier` takes it, on "
+            f"one feature map (stages=None). Received: pooling={pooling!r}"
+        )
     if isinstance(pooling, (dict, keras.layers.Layer)):
         template = get(pooling)
         _check_pools(template, pooling)

@@ -6,6 +6,7 @@ from keras_globalpool.layers.base_attention_pooling import BaseAttentionPooling
 from keras_globalpool.layers.base_global_pooling import BaseGlobalPooling
 from keras_globalpool.layers.constraints import ValueRange
 from keras_globalpool.layers.covariance_pooling import GlobalCovariancePooling
+from keras_globalpool.layers.csra import ClassSpecificResidualAttention
 from keras_globalpool.layers.frozen_batch_norm import FrozenBatchNormalization
 from keras_globalpool.layers.gated_attention_pooling import (
     GlobalGatedAttentionPooling,
@@ -24,6 +25,7 @@ __all__ = [
     "BackbonePreprocessing",
     "BaseAttentionPooling",
     "BaseGlobalPooling",
+    "ClassSpecificResidualAttention",
     "FrozenBatchNormalization",
     "GlobalAttentionPooling",
     "GlobalAveragePooling",

@@ -28,7 +28,8 @@ stays below `32 * u` (1.9e-6) at every size from 49 to 2**20 positions, which
 One module per concept, all imported here: `reductions` (the blocked sums
 and masks every pooling builds on), `channel_pools` (avg, max, mixed, GeM,
 LSE), `attention` (scores, weighted pooling, gated-attention logits),
-`covariance`, `normalization` (layer norm) and `sim_pool`.
+`covariance`, `csra` (class-specific residual attention), `normalization`
+(layer norm) and `sim_pool`.
 
 Example:
 
@@ -55,6 +56,11 @@ from keras_globalpool.pool_ops.covariance import (
     global_covariance_pool,
     iterative_sqrtm,
     upper_triangle,
+)
+from keras_globalpool.pool_ops.csra import (
+    CSRA_TEMPERATURES,
+    csra_logits,
+    csra_scores,
 )
 from keras_globalpool.pool_ops.normalization import (
     layer_norm,
@@ -86,6 +92,9 @@ __all__ = [
     "iterative_sqrtm",
     "upper_triangle",
     "global_covariance_pool",
+    "CSRA_TEMPERATURES",
+    "csra_scores",
+    "csra_logits",
     "layer_norm",
     "global_power_weighted_pool",
     "SIM_POOL_WEIGHTS",

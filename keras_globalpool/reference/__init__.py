@@ -17,16 +17,16 @@ Everything is computed and returned in float64.
 Backward convention: each `*_grad(x, dy, ...)` function takes `dy`, the
 gradient of a scalar loss with respect to the pooled output (shaped like that
 output), and returns a dict keyed by the name of each differentiable argument:
-`{"x": dx}` for `avg_pool_grad`, `max_pool_grad` and `mixed_pool_grad`
-(plus `"gate"` when `mode="learned"`), `{"x", "p"}` for `gem_pool_grad`,
-`{"x", "r"}` for `lse_pool_grad`, and
-`{"x", "hidden_kernel", "hidden_bias", "score_kernel", "score_bias"}` for
-`attention_pool_grad`, and `{"x", "hidden_kernel", "hidden_bias",
-"score_kernel"}` plus `"gate_kernel"` and `"gate_bias"` when gated for
-`gated_attention_pool_grad`, and `{"x"}` plus `"kernel"` and `"bias"` with a
-projection for `covariance_pool_grad` (which, like `covariance_pool`, has no
-`keepdims`). Each gradient has its argument's shape; masked
-positions of `x` get zero gradient.
+`{"x": dx}` for `avg_pool_grad`, `max_pool_grad` and `mixed_pool_grad` (plus
+`"gate"` when `mode="learned"`), `{"x", "p"}` for `gem_pool_grad`, `{"x", "r"}`
+for `lse_pool_grad`, and `{"x", "hidden_kernel", "hidden_bias", "score_kernel",
+"score_bias"}` for `attention_pool_grad`, and `{"x", "hidden_kernel",
+"hidden_bias", "score_kernel"}` plus `"gate_kernel"` and `"gate_bias"` when
+gated for `gated_attention_pool_grad`, and `{"x"}` plus `"kernel"` and `"bias"`
+with a projection for `covariance_pool_grad` (which, like `covariance_pool`,
+has no `keepdims`), and `{"x", "kernel"}` for `csra_grad` (no `keepdims`
+either). Each gradient has its argument's shape; masked positions of `x` get
+zero gradient.
 
 Where the function is not differentiable, the gradient follows TensorFlow:
 
@@ -38,7 +38,7 @@ Where the function is not differentiable, the gradient follows TensorFlow:
 
 One module per family, all imported here: `channel_pools` (avg, max, mixed,
 GeM, LSE), `attention` (attention and gated attention), `covariance`,
-`multi_head` (MAP) and `sim_pool`; `layout` and `normalization` hold what
+`multi_head` (MAP), `sim_pool` and `csra`; `layout` and `normalization` hold what
 they share.
 
 Example:
@@ -72,6 +72,11 @@ from keras_globalpool.reference.channel_pools import (
 from keras_globalpool.reference.covariance import (
     covariance_pool,
     covariance_pool_grad,
+)
+from keras_globalpool.reference.csra import (
+    CSRA_TEMPERATURES,
+    csra,
+    csra_grad,
 )
 from keras_globalpool.reference.layout import (
     DATA_FORMATS,
@@ -113,6 +118,9 @@ __all__ = [
     "gated_attention_pool_grad",
     "covariance_pool",
     "covariance_pool_grad",
+    "CSRA_TEMPERATURES",
+    "csra",
+    "csra_grad",
     "multi_head_attention_pool",
     "multi_head_attention_pool_grad",
     "SIM_POOL_WEIGHTS",

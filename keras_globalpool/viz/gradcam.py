@@ -24,12 +24,18 @@ def _logit_head(model):
 
     When the model ends in a Dense layer, its input and weights give the
     logits before softmax or sigmoid, whose gradients do not vanish on
-    confident predictions. Otherwise the model's output is used as is.
+    confident predictions; when it ends in an `Activation` layer (a CSRA
+    head's `predictions`), its input is the logits. Otherwise the model's
+    output is used as is.
     """
     last = model.layers[-1]
     output = model_output(model)
-    if isinstance(last, keras.layers.Dense) and last.output is output:
+    if last.output is not output:
+        return output, None
+    if isinstance(last, keras.layers.Dense):
         return last.input, last
+    if isinstance(last, keras.layers.Activation):
+        return last.input, None
     return output, None
 
 
