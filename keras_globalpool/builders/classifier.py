@@ -125,31 +125,28 @@ def build_classifier(
     False
     """
     check_head_arguments(num_classes, dropout, hidden_units, hidden_dropout)
+    # Made first, so a bad `pooling` is refused before the backbone is built.
     if is_class_head(pooling):
         _check_class_head_arguments(hidden_units, stages)
-        # Made first, so a bad `pooling` is refused before the backbone is built.
-        head = make_class_head(pooling, num_classes, dropout, name=POOLER_NAME)
-        images, features = backbone_features(
-            backbone, input_shape, weights, preprocessing, freeze_batch_norm, None
-        )
+        pooler = make_class_head(pooling, num_classes, dropout, name=POOLER_NAME)
+    else:
+        pooler = make_pooler(pooling, name=POOLER_NAME)
+    images, features = backbone_features(
+        backbone, input_shape, weights, preprocessing, freeze_batch_norm, stages
+    )
+    if is_class_head(pooling):
         outputs = keras.layers.Activation(
             activation, dtype="float32", name="predictions"
-        )(head(features))
+        )(pooler(features))
     else:
-        images, outputs = _pooled_classifier(
-            backbone,
+        outputs = classification_head(
+            _pooled(pooler, pooling, features, stages),
             num_classes,
-            input_shape,
-            pooling,
-            weights,
-            freeze_batch_norm,
-            dropout,
-            hidden_units,
-            activation,
-            hidden_activation,
-            hidden_dropout,
-            preprocessing,
-            stages,
+            dropout=dropout,
+            hidden_units=hidden_units,
+            hidden_activation=hidden_activation,
+            hidden_dropout=hidden_dropout,
+            activation=activation,
         )
     model = keras.Model(images, outputs, name=name)
     model.get_layer("backbone").trainable = not freeze_backbone
@@ -169,43 +166,13 @@ def _check_class_head_arguments(hidden_units, stages):
         )
 
 
-def _pooled_classifier(
-    backbone,
-    num_classes,
-    input_shape,
-    pooling,
-    weights,
-    freeze_batch_norm,
-    dropout,
-    hidden_units,
-    activation,
-    hidden_activation,
-    hidden_dropout,
-    preprocessing,
-    stages,
-):
-    """The images and the class scores of a pooling head's classifier."""
-    # Made first, so a bad `pooling` is refused before the backbone is built.
-    pooler = make_pooler(pooling, name=POOLER_NAME)
-    images, features = backbone_features(
-        backbone, input_shape, weights, preprocessing, freeze_batch_norm, stages
-    )
+def _pooled(pooler, pooling, features, stages):
+    """The pooled vector: `pooler` on one map, or each stage's pooling concatenated."""
     if stages is None:
-        pooled = pooler(features)
-    else:
-        pooled = keras.layers.Concatenate(name="pooled_features")(
-            [
-                make_pooler(pooling, name=f"pooler_{index}")(feature_map)
-                for index, feature_map in enumerate(features, start=1)
-            ]
-        )
-    outputs = classification_head(
-        pooled,
-        num_classes,
-        dropout=dropout,
-        hidden_units=hidden_units,
-        hidden_activation=hidden_activation,
-        hidden_dropout=hidden_dropout,
-        activation=activation,
+        return pooler(features)
+    return keras.layers.Concatenate(name="pooled_features")(
+        [
+            make_pooler(pooling, name=f"pooler_{index}")(feature_map)
+            for index, feature_map in enumerate(features, start=1)
+        ]
     )
-    return images, outputs

@@ -86,6 +86,21 @@ class BaseGlobalPooling(keras.layers.Layer):
         if type(self).build is keras.layers.Layer.build:
             self._build_without_weights()
 
+    @classmethod
+    def _refuse_keepdims(cls, kwargs, output):
+        """Raises if `kwargs` holds `keepdims`, for a layer that has none.
+
+        Args:
+            kwargs: the constructor's keyword arguments.
+            output: string. What the layer outputs instead of one value per
+                channel, such as `"one logit per class"`.
+        """
+        if "keepdims" in kwargs:
+            raise ValueError(
+                f"`{cls.__name__}` has no `keepdims`: its output is {output}. "
+                f"Received: keepdims={kwargs['keepdims']!r}"
+            )
+
     def _build_without_weights(self):
         """Marks the layer built, as Keras marks its own weightless layers."""
         self.built = True

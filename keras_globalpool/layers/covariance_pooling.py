@@ -83,11 +83,7 @@ class GlobalCovariancePooling(BaseKernelPooling):
         data_format=None,
         **kwargs,
     ):
-        if "keepdims" in kwargs:
-            raise ValueError(
-                f"`{type(self).__name__}` has no `keepdims`: its output is not "
-                f"one value per channel. Received: keepdims={kwargs['keepdims']!r}"
-            )
+        self._refuse_keepdims(kwargs, "not one value per channel")
         initializers = (kernel_initializer, bias_initializer, kernel_regularizer)
         super().__init__(*initializers, data_format, keepdims=False, **kwargs)
         self.dim = check_positive_int("dim", dim, allow_none=True)

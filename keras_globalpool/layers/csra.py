@@ -86,11 +86,7 @@ class ClassSpecificResidualAttention(BaseKernelPooling):
         data_format=None,
         **kwargs,
     ):
-        if "keepdims" in kwargs:
-            raise ValueError(
-                f"`{type(self).__name__}` has no `keepdims`: its output is one "
-                f"logit per class. Received: keepdims={kwargs['keepdims']!r}"
-            )
+        self._refuse_keepdims(kwargs, "one logit per class")
         initializers = (kernel_initializer, "zeros", kernel_regularizer)
         super().__init__(*initializers, data_format, keepdims=False, **kwargs)
         self.num_classes = check_positive_int("num_classes", num_classes)
