@@ -410,6 +410,46 @@ class TestMultiHeadAttention:
         np.testing.assert_allclose(dropped[kept], 2 * projected[kept], rtol=1e-12)
 
 
+class TestFoldedProjections:
+    """MAP and SimPool fold their queries into the key kernel (and MAP, on
+    short maps, pools before the value projection) unless `qk_norm`: the
+    folded path agrees with the plain one, values and gradients."""
+
+    @pytest.mark.parametrize(
+        "name, kwargs, spatial",
+        [
+            ("map", {"num_heads": 2, "qkv_bias": True}, (5, 4)),  # values folded
+            ("map", {"num_heads": 2, "latent_len": 2}, (9, 8)),  # 72 > SUM_BLOCK
+            ("map", {"num_heads": 1, "mlp_ratio": 0.0}, (7,)),
+            ("simpool", {"num_heads": 2, "qkv_bias": True}, (5, 4)),
+            ("simpool", {"gamma": 2.0}, (3, 4, 2)),
+        ],
+    )
+    @pytest.mark.parametrize("dtype", ["float32", "float64"])
+    def test_folded_equals_plain(self, name, kwargs, spatial, dtype):
+        shape = (3, *spatial, 8)
+        x = random_input(shape, dtype=dtype)
+        mask = np.random.default_rng(5).random((3, *spatial)) < 0.7
+        mask[0] = True
+        mask[2] = False
+        folded = kgp.get(name, dtype=dtype, **kwargs)
+        folded.build(shape)
+        randomize_weights(folded)
+        plain = kgp.get(name, dtype=dtype, **kwargs)
+        plain.build(shape)
+        plain.set_weights(folded.get_weights())
+        plain.fold_projections = False
+        dy = random_input((3, 8), seed=6, dtype=dtype)
+        got = [to_numpy(folded(x, mask=mask)), *gradients(folded, x, dy, mask)]
+        expected = [to_numpy(plain(x, mask=mask)), *gradients(plain, x, dy, mask)]
+        # Relative to the largest value or gradient: a key bias's gradient is
+        # 0 but for roundoff (the softmax cancels it), in both paths.
+        scale = max(float(np.max(np.abs(e), initial=0.0)) for e in expected)
+        atol = {"float32": 2e-6, "float64": 1e-13}[dtype] * scale
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=0, atol=atol)
+
+
 class TestSimPool:
     """What the two "simpool" cases leave out: more heads and the options'
     other combinations, masks at every rank, and SimPool's limits."""

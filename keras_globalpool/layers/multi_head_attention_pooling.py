@@ -109,6 +109,14 @@ class GlobalMultiHeadAttentionPooling(BaseKernelPooling):
     [0.0, 0.0, 0.0, 0.0]
     """
 
+    # Without qk_norm the keys are never formed (each query is folded into
+    # the key kernel), and on maps of at most `SUM_BLOCK` positions neither
+    # are the values (the map is pooled first, then projected): a ResNet50
+    # head's projections of every position cost 11% of the backbone. The
+    # plain path, taken with qk_norm, is kept beside it: tests set this to
+    # False and compare the two.
+    fold_projections = True
+
     def __init__(
         self,
         num_heads=8,
@@ -215,9 +223,13 @@ class GlobalMultiHeadAttentionPooling(BaseKernelPooling):
             queries = queries + w["query_bias"]
         queries = self._norm_heads(self._heads(queries), w, "query_norm")
         queries = queries * self.head_dim**-0.5
-        keys = self._norm_heads(self._project_tokens(features, w, "key"), w, "key_norm")
         positions = "bxyz"[: rank - 1]
-        logits = ops.einsum(f"{positions}hd,lhd->{positions}hl", keys, queries)
+        if self.fold_projections and not self.qk_norm:
+            logits = self._folded_logits(features, queries, w, positions)
+        else:
+            keys = self._project_tokens(features, w, "key")
+            keys = self._norm_heads(keys, w, "key_norm")
+            logits = ops.einsum(f"{positions}hd,lhd->{positions}hl", keys, queries)
         # As `GlobalAttentionPooling._logits`: finite inputs give finite
         # weights, and a NaN at a valid position makes its sample NaN.
         has_nan = ops.any(ops.isnan(features), axis=-1)[..., None, None]
@@ -225,10 +237,40 @@ class GlobalMultiHeadAttentionPooling(BaseKernelPooling):
         if mask is not None:
             mask = mask[..., None, None]
         weights = pool_ops.normalize_scores(logits, axes, mask, "softmax")
+        sizes = [features.shape[axis] for axis in axes]
+        if self.fold_projections and None not in sizes:
+            if math.prod(sizes) <= pool_ops.SUM_BLOCK:
+                return weights, self._folded_values(features, weights, w, positions)
         values = self._project_tokens(features, w, "value")
         # The weighted sum over positions is blocked, as in every pooling.
         terms = weights[..., None] * values[..., None, :]
         return weights, pool_ops.blocked_sum(terms, axes)
+
+    def _folded_logits(self, features, queries, w, positions):
+        """The logits without forming the keys: each query folded into the
+        key kernel, `q . (x W_k + b_k) = x . (W_k q) + b_k . q`. The last
+        term, the same at every position, the softmax cancels; it is added
+        so that the key bias gets its gradient (0 but for roundoff), not
+        none, as `pool_ops.global_sim_pool` does."""
+        kernel = self._heads(w["key_kernel"])
+        folded = ops.einsum("chd,lhd->chl", kernel, queries)
+        logits = ops.einsum(f"{positions}c,chl->{positions}hl", features, folded)
+        if not self.qkv_bias:
+            return logits
+        return logits + ops.einsum("hd,lhd->hl", self._heads(w["key_bias"]), queries)
+
+    def _folded_values(self, features, weights, w, positions):
+        """The attended values without forming the values: the map pooled
+        with each head's weights, then projected. One reduction over at
+        most `SUM_BLOCK` positions, as `blocked_sum` takes it."""
+        pooled = ops.einsum(f"{positions}hl,{positions}c->bhlc", weights, features)
+        attended = ops.einsum("bhlc,chd->bhld", pooled, self._heads(w["value_kernel"]))
+        if not self.qkv_bias:
+            return attended
+        # Each value's bias, times the weights' sum: 1, or 0 where nothing
+        # is valid.
+        total = pool_ops.blocked_sum(weights, tuple(range(1, len(positions))))
+        return attended + total[..., None] * self._heads(w["value_bias"])[:, None]
 
     def call(self, inputs, mask=None, training=None, return_attention_scores=False):
         x, mask, axes = self._prepare(inputs, mask)

@@ -146,6 +146,10 @@ class GlobalSimPooling(BaseKernelPooling):
             for part, init in (("gamma", "ones"), ("beta", "zeros"))
         )
 
+    # Without qk_norm the keys are never formed: see `pool_ops.global_sim_pool`.
+    # Tests set this to False, to compare with the keys formed.
+    fold_projections = True
+
     def call(self, inputs, mask=None, return_attention_scores=False):
         x, mask, _ = self._prepare(inputs, mask)
         rank = len(x.shape)
@@ -162,6 +166,7 @@ class GlobalSimPooling(BaseKernelPooling):
             mask=None if mask is None else ops.moveaxis(mask, channel_axis, -1),
             gamma=self.gamma,
             epsilon=self.layer_norm_epsilon,
+            fold_keys=self.fold_projections,
         )
         if self.keepdims:
             for axis in self._spatial_axes(rank):
