@@ -20,7 +20,6 @@ from benchmarks.common import (
 )
 
 SHAPES = ((128, 7, 7, 2048), (64, 14, 14, 512), (64, 28, 28, 256))
-DTYPES = ("float32", "bfloat16", "float16")
 MODES = {"graph": False, "xla": True}
 POLICIES = {
     "float32": "float32",
@@ -84,7 +83,7 @@ def measure_group(shape, dtype, jit_compile, repeats):
 def run(args):
     rows = []
     for mode, jit_compile in MODES.items():
-        for dtype in DTYPES:
+        for dtype in args.dtypes:
             for shape in SHAPES:
                 times = measure_group(shape, dtype, jit_compile, args.repeats)
                 row = {"mode": mode, "dtype": dtype, "shape": str(shape)}

@@ -1,8 +1,9 @@
 """Runs the benchmark suite, prints its tables and writes them as JSON.
 
-    python -m benchmarks.run                 # every section, about 25 min on 2 cores
+    python -m benchmarks.run                 # every section
     python -m benchmarks.run --quick         # fewer repeats and epochs
     python -m benchmarks.run --sections 1,2  # some sections only
+    python -m benchmarks.run --sections 1 --dtypes float32  # section 1 in float32
     python -m benchmarks.run --device gpu    # the same on the first GPU
 
 Sections: 1 layers against the Keras built-ins, 2 bandwidth, 3 head overhead
@@ -46,6 +47,11 @@ def parse_args(argv=None):
         help="interleaved rounds per comparison (default: 15, or 5 with --quick)",
     )
     parser.add_argument(
+        "--dtypes",
+        default="float32,bfloat16,float16",
+        help="section 1's input dtypes, comma-separated (default: all three)",
+    )
+    parser.add_argument(
         "--device",
         choices=("cpu", "gpu"),
         default="cpu",
@@ -61,6 +67,10 @@ def parse_args(argv=None):
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+    args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    allowed = ("float32", "bfloat16", "float16")
+    if not args.dtypes or any(d not in allowed for d in args.dtypes):
+        parser.error(f"--dtypes takes some of {list(allowed)}; got {args.dtypes}")
     if args.repeats is None:
         args.repeats = 5 if args.quick else 15
     return args
