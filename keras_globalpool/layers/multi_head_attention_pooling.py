@@ -250,14 +250,15 @@ class GlobalMultiHeadAttentionPooling(BaseKernelPooling):
         """The logits without forming the keys: each query folded into the
         key kernel, `q . (x W_k + b_k) = x . (W_k q) + b_k . q`. The last
         term, the same at every position, the softmax cancels; it is added
-        so that the key bias gets its gradient (0 but for roundoff), not
-        none, as `pool_ops.global_sim_pool` does."""
+        as `pool_ops.softmax_cancelled` zeros, so that the key bias gets its
+        gradient (0 but for roundoff), as `pool_ops.global_sim_pool` does."""
         kernel = self._heads(w["key_kernel"])
         folded = ops.einsum("chd,lhd->chl", kernel, queries)
         logits = ops.einsum(f"{positions}c,chl->{positions}hl", features, folded)
         if not self.qkv_bias:
             return logits
-        return logits + ops.einsum("hd,lhd->hl", self._heads(w["key_bias"]), queries)
+        offset = ops.einsum("hd,lhd->hl", self._heads(w["key_bias"]), queries)
+        return logits + pool_ops.softmax_cancelled(offset)
 
     def _folded_values(self, features, weights, w, positions):
         """The attended values without forming the values: the map pooled

@@ -43,6 +43,7 @@ from keras_globalpool.pool_ops.attention import (
     gated_attention_logits,
     global_weighted_pool,
     normalize_scores,
+    softmax_cancelled,
 )
 from keras_globalpool.pool_ops.channel_pools import (
     global_avg_max_pool,
@@ -86,6 +87,7 @@ __all__ = [
     "global_gem_pool",
     "global_lse_pool",
     "normalize_scores",
+    "softmax_cancelled",
     "global_weighted_pool",
     "gated_attention_logits",
     "blocked_gram",

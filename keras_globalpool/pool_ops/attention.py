@@ -38,6 +38,35 @@ def normalize_scores(logits, axes, mask=None, normalize="sigmoid"):
     return weights / _nonzero(blocked_sum(weights, axes, keepdims=True))
 
 
+def softmax_cancelled(term):
+    """A term of the logits that the softmax cancels: zeros with its gradient.
+
+    A term that is the same at every position of a softmax changes no
+    weight, so its exact value is 0; its gradient, 0 but for roundoff, is
+    kept, so that the weights it comes from get one rather than none (which
+    optimizers warn about). Adding the term itself would be the same in
+    exact arithmetic, but not in float32: XLA recomputes cheap logits in
+    each fusion that reads them, contracting `a * b + term` into one fused
+    multiply-add in some and not in others, and where the logits are large
+    the two roundings differ by more than `exp` can take: every weight of a
+    sample underflowed to 0 (jax, logits of 3.5e14).
+
+    Args:
+        term: tensor, broadcastable to the logits.
+
+    Returns:
+        Zeros shaped like `term`, whose gradient is `term`'s.
+
+    Example:
+
+    >>> from keras_globalpool.pool_ops import softmax_cancelled
+    >>> keras.ops.convert_to_numpy(softmax_cancelled(np.array([1e30, 2.0]))).tolist()
+    [0.0, 0.0]
+    """
+    term = ops.nan_to_num(term, nan=0.0)
+    return term - ops.stop_gradient(term)
+
+
 def global_weighted_pool(x, weights, axes, keepdims=False):
     """Sum of `x` weighted by `weights` (which sum to 1) over `axes`.
 

@@ -2,7 +2,11 @@
 
 from keras import ops
 
-from keras_globalpool.pool_ops.attention import global_weighted_pool, normalize_scores
+from keras_globalpool.pool_ops.attention import (
+    global_weighted_pool,
+    normalize_scores,
+    softmax_cancelled,
+)
 from keras_globalpool.pool_ops.channel_pools import global_avg_pool
 from keras_globalpool.pool_ops.normalization import layer_norm
 from keras_globalpool.pool_ops.reductions import _empty_pool, _no_elements, blocked_sum
@@ -185,10 +189,10 @@ def global_sim_pool(
 def _folded_logits(values, query, weights, positions):
     """`query . keys` per position and head, without forming the keys.
 
-    The key bias adds `b_k . q` to every position of a head alike. The
-    softmax cancels it, but it is added all the same (per sample, not per
-    position), so that the bias gets a gradient, 0 but for roundoff, as
-    with the keys formed, rather than none, which optimizers warn about.
+    The key bias adds `b_k . q` to every position of a head alike, which
+    the softmax cancels: it is added as `softmax_cancelled` zeros, so that
+    the bias gets its gradient (0 but for roundoff, as with the keys
+    formed).
 
     Args:
         values: `(batch, *positions, channels)`, the layer-normalized map.
@@ -207,5 +211,5 @@ def _folded_logits(values, query, weights, positions):
     if weights.get("key_bias") is None:
         return logits
     bias = ops.reshape(weights["key_bias"], (num_heads, head_dim))
-    offset = ops.einsum("hd,bhd->bh", bias, query)
+    offset = softmax_cancelled(ops.einsum("hd,bhd->bh", bias, query))
     return logits + ops.reshape(offset, (-1, *[1] * len(positions), num_heads))
