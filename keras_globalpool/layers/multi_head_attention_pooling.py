@@ -238,9 +238,9 @@ class GlobalMultiHeadAttentionPooling(BaseKernelPooling):
             mask = mask[..., None, None]
         weights = pool_ops.normalize_scores(logits, axes, mask, "softmax")
         sizes = [features.shape[axis] for axis in axes]
-        if self.fold_projections and None not in sizes:
-            if math.prod(sizes) <= pool_ops.SUM_BLOCK:
-                return weights, self._folded_values(features, weights, w, positions)
+        short = None not in sizes and math.prod(sizes) <= pool_ops.SUM_BLOCK
+        if self.fold_projections and short:
+            return weights, self._folded_values(features, weights, w, positions)
         values = self._project_tokens(features, w, "value")
         # The weighted sum over positions is blocked, as in every pooling.
         terms = weights[..., None] * values[..., None, :]
