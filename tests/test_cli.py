@@ -24,7 +24,9 @@ from keras_globalpool.cli.verdict import summary
 
 # The baseline head, then every registered pooling in registry order.
 HEADS = ["flatten", "avg", "max", "mixed", "attention", "gem"]
-TINY = ["--quick", "--epochs", "1", "--max-samples", "120"]
+# In this process, so that the tests' monkeypatches reach the training; the
+# module's run, `tiny_run`, trains in worker processes, as on a CPU by default.
+TINY = ["--quick", "--epochs", "1", "--max-samples", "120", "--workers", "1"]
 
 
 def _run(argv):
@@ -47,7 +49,8 @@ def _folders(root):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
-    code, out, _ = _run(["compare", *TINY, "--run-name", "tiny", *_folders(root)])
+    argv = ["compare", *TINY, "--workers", "2", "--run-name", "tiny", *_folders(root)]
+    code, out, _ = _run(argv)
     report = json.loads((root / "reports" / "tiny" / "report.json").read_text())
     return code, out, root, report
 
@@ -88,9 +91,15 @@ class TestCompare:
         assert by_head["flatten"]["head_params"] > 10 * by_head["avg"]["head_params"]
         assert by_head["mixed"]["head_params"] > by_head["avg"]["head_params"]
 
+    def test_trains_in_worker_processes(self, tiny_run):
+        report = tiny_run[3]
+        assert report["settings"]["workers"] == 2
+        measured = report["measurement"]["train time (s)"]
+        assert "2 trainings at a time, each in a process of its own" in measured
+
     def test_exports_load(self, tiny_run):
         root, report = tiny_run[2], tiny_run[3]
-        images = np.random.default_rng(0).uniform(0, 255, (3, 48, 48, 1))
+        images = np.random.default_rng(0).uniform(0, 255, (3, 24, 24, 1))
         for head in report["heads"]:
             paths = head["exports"]
             assert paths["saved_model"] == str(
@@ -127,8 +136,11 @@ def test_frozen_backbone_trains_on_cached_features(tmp_path):
     argv = ["compare", *TINY, "--max-samples", "60", "--backbone", "MobileNetV2"]
     argv += ["--weights", str(weights), "--image-size", "32", "--heads", "avg,gem"]
     argv += ["--run-name", "frozen", "--no-export", *_folders(tmp_path)]
+    # The cached features live in this process: --workers does not apply.
+    argv += ["--workers", "2"]
     assert _run(argv)[0] == 0
     report = json.loads((tmp_path / "reports" / "frozen" / "report.json").read_text())
+    assert report["settings"]["workers"] == 1
     assert report["settings"]["image_shape"] == "32x32x3"
     assert "kgp.fit_cached" in report["settings"]["backbone_description"]
     assert report["settings"]["cache_seconds"] > 0
@@ -217,7 +229,7 @@ def test_quick_and_defaults():
     quick = settings_from(parse(["compare", "--quick", "--epochs", "5"]))
     assert (quick.epochs, quick.seeds, quick.max_samples) == (5, 1, 500)
     default = settings_from(parse(["compare"]))
-    assert (default.epochs, default.seeds, default.max_samples) == (12, 3, None)
+    assert (default.epochs, default.seeds, default.max_samples) == (10, 3, None)
     assert default.heads == tuple(HEADS) and default.weights is None
     every = settings_from(parse(["compare", "--heads", "all"]))
     assert every.heads == ("flatten", *kgp.POOLINGS)
@@ -244,13 +256,23 @@ def test_summary_names_the_winners():
     verdict = summary(results)
     assert verdict["best_accuracy"] == "max"
     assert verdict["best_accuracy_per_parameter"] == "avg"
-    assert any(
-        "Within one standard deviation of it: avg;" in line for line in verdict["lines"]
-    )
+    lines = "\n".join(verdict["lines"])
+    # Paired by seed: avg is 3 and 5 points below max, flatten 21 and 23.
+    assert "- avg vs max: -4.0 points (95% CI -16.7 to +8.7) over 2 seeds" in lines
+    assert "- flatten vs max: -22.0 points" in lines
+    assert "- avg vs flatten: +18.0 points" in lines
+    against_best = verdict["paired"]["against_best"]
+    assert [p["head"] for p in against_best] == ["avg", "flatten"]
+
+
+def test_summary_with_one_seed_says_nothing_is_told_apart():
+    lines = summary([_result("avg", [0.9], 10), _result("max", [0.8], 10)])["lines"]
+    assert "With one seed, no head can be told apart from another." in lines
+    assert not any("Paired" in line for line in lines)
 
 
 @pytest.mark.parametrize(
-    "shape, map_shape", [((48, 48, 1), (6, 6)), ((8, 8, 1), (4, 4))]
+    "shape, map_shape", [((24, 24, 1), (6, 6)), ((8, 8, 1), (4, 4))]
 )
 def test_small_cnn_keeps_a_map_to_pool(shape, map_shape):
     assert small_cnn(shape).output.shape[1:3] == map_shape

@@ -20,7 +20,8 @@ from keras_globalpool.cli.main import build_parser, main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # One epoch and one seed; `--heads` adds up, so each test names its heads.
-TINY = ["--quick", "--epochs", "1", "--seeds", "1"]
+# In this process, so that the tests' monkeypatches reach the training.
+TINY = ["--quick", "--epochs", "1", "--seeds", "1", "--workers", "1"]
 TWO_HEADS = ["--heads", "avg,max"]
 
 

@@ -26,7 +26,7 @@ def _write_images(root, sizes_by_class, mode="RGB"):
 
 class TestDigits:
     def test_translated_shapes_and_labels(self, translated):
-        assert translated.x.shape == (1797, 48, 48, 1)
+        assert translated.x.shape == (1797, 24, 24, 1)
         assert translated.x.dtype == np.uint8
         assert translated.class_names == tuple("0123456789")
         np.testing.assert_array_equal(np.unique(translated.y), np.arange(10))
@@ -38,9 +38,9 @@ class TestDigits:
 
     def test_translated_positions_vary(self, translated):
         rows, cols = np.nonzero(translated.x[:200, ..., 0] > 160)[1:]
-        # Bright pixels reach every border region of the 48x48 canvas.
-        assert rows.min() < 8 and rows.max() > 40
-        assert cols.min() < 8 and cols.max() > 40
+        # Bright pixels reach every border region of the 24x24 canvas.
+        assert rows.min() < 4 and rows.max() > 20
+        assert cols.min() < 4 and cols.max() > 20
 
     def test_translated_is_deterministic(self, translated):
         again = data.load_translated_digits()
@@ -49,10 +49,30 @@ class TestDigits:
         assert np.mean(other.x != translated.x) > 0.5
 
     def test_translated_sizes(self):
-        small = data.load_translated_digits(canvas_size=24, digit_size=12)
-        assert small.x.shape == (1797, 24, 24, 1)
+        large = data.load_translated_digits(canvas_size=48, digit_size=16)
+        assert large.x.shape == (1797, 48, 48, 1)
+        # Upscaled 8x8 digits stay as bright as the originals.
+        assert large.x.max(axis=(1, 2, 3)).min() > 0.5 * 255
 
-    @pytest.mark.parametrize("digit_size", [0, 49])
+    def test_translated_digits_are_the_originals_at_their_own_size(self, translated):
+        digits = data.load_digits()
+        # A digit pixel brighter than the noise is the original's pixel.
+        for image, digit in zip(translated.x[:20], digits.x[:20], strict=True):
+            matches = [
+                (r, c)
+                for r in range(17)
+                for c in range(17)
+                if np.all(
+                    np.where(
+                        digit > 0.25 * 255 + 1,
+                        image[r : r + 8, c : c + 8] == digit,
+                        True,
+                    )
+                )
+            ]
+            assert matches, "the 8x8 digit is not on its canvas unchanged"
+
+    @pytest.mark.parametrize("digit_size", [0, 25])
     def test_translated_rejects_bad_digit_size(self, digit_size):
         with pytest.raises(ValueError, match="Received: digit_size="):
             data.load_translated_digits(digit_size=digit_size)

@@ -7,7 +7,7 @@ from keras_globalpool.builders.classifier import build_classifier
 from keras_globalpool.cli.interruption import is_interruption
 
 SMALL_CNN = "small-cnn"
-SMALL_CNN_WIDTHS = (16, 32, 64, 64)
+SMALL_CNN_WIDTHS = (16, 32, 64)
 # Downsampling stops before the map gets smaller than this, so small images
 # (8x8 plain digits) keep positions for the instance normalization to compare.
 SMALL_CNN_MIN_MAP = 4
@@ -19,7 +19,7 @@ def small_cnn(input_shape, widths=SMALL_CNN_WIDTHS):
     It rescales raw pixels to [0, 1] itself (a user's backbone gets no
     preprocessing from `build_classifier`), then runs one 3x3 ReLU
     convolution per width, halving the resolution between them while it
-    stays at least 4x4: a 48x48 input gives a 6x6 map, 8x8 gives 4x4. The
+    stays at least 4x4: a 24x24 input gives a 6x6 map, 8x8 gives 4x4. The
     last convolution is instance-normalized (each channel of each image
     standardized over positions), so the map a head pools shows where a
     feature is stronger than in the rest of the image, not the background
@@ -30,7 +30,7 @@ def small_cnn(input_shape, widths=SMALL_CNN_WIDTHS):
     Args:
         input_shape: tuple `(height, width, channels)`.
         widths: tuple of ints. The filters of each convolution. Defaults to
-            `(16, 32, 64, 64)`.
+            `(16, 32, 64)`.
 
     Returns:
         A `keras.Model` from raw images to a feature map.
@@ -53,6 +53,34 @@ def small_cnn(input_shape, widths=SMALL_CNN_WIDTHS):
     x = keras.layers.GroupNormalization(groups=-1)(x)
     x = keras.layers.ReLU()(x)
     return keras.Model(images, x, name="small_cnn")
+
+
+def bag_classifier(pooling, input_shape, num_classes):
+    """A multiple-instance classifier: instances encoded, then pooled per bag.
+
+    Each instance (an image of a padded bag) is flattened and encoded by two
+    ReLU `Dense` layers; all-zero instances are padding, masked by
+    `keras.layers.Masking`, so the pooling sees only the real ones.
+
+    Args:
+        pooling: string. A `kgp.get` name.
+        input_shape: tuple `(max_bag, height, width, channels)`.
+        num_classes: int.
+
+    Returns:
+        An uncompiled `keras.Model` from raw bags to class probabilities.
+    """
+    from keras_globalpool.registry import get
+
+    bags = keras.Input(input_shape)
+    x = keras.layers.Rescaling(1.0 / 255.0)(bags)
+    x = keras.layers.Reshape((input_shape[0], -1))(x)
+    x = keras.layers.Masking(0.0)(x)
+    x = keras.layers.Dense(64, activation="relu")(x)
+    x = keras.layers.Dense(32, activation="relu")(x)
+    x = get(pooling, name="pooler")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(bags, outputs, name="bag_classifier")
 
 
 def backbone_names():

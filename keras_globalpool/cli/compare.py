@@ -4,20 +4,18 @@ import dataclasses
 import pathlib
 import shutil
 import sys
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_globalpool.cli.backbones import build_model
 from keras_globalpool.cli.interruption import is_interruption
-from keras_globalpool.cli.measure import latency_ms, memory_meter
+from keras_globalpool.cli.measure import latency_ms
 from keras_globalpool.cli.outputs import (
     check_new_run,
     prepare_run_folders,
 )
-from keras_globalpool.cli.progress import EpochProgress, run_progress
+from keras_globalpool.cli.progress import run_progress
 from keras_globalpool.cli.report import write_report
 from keras_globalpool.cli.results import HeadResult
 from keras_globalpool.cli.run_description import (
@@ -25,27 +23,16 @@ from keras_globalpool.cli.run_description import (
     machine,
     measurement,
 )
+from keras_globalpool.cli.runs import RunContext
 from keras_globalpool.cli.settings import HEADS
 from keras_globalpool.cli.splits import load_splits
-from keras_globalpool.cli.training import TRAINERS
+from keras_globalpool.cli.workers import InlineRunner, ProcessRunner, default_workers
 from keras_globalpool.export import export_saved_model
 from keras_globalpool.pooler import split_at_pooler
 from keras_globalpool.viz.overlay_grid import head_heatmaps
 
 # How many test images the report's heatmap grid shows.
 OVERLAY_IMAGES = 4
-
-# === Training ===
-
-
-def _compile(model, learning_rate, jit_compile):
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
-    )
-    return model
 
 
 def _export(model, settings, head):
@@ -65,54 +52,48 @@ def _export(model, settings, head):
 
 
 class _Comparison:
-    """One run of `compare`: its data, trainer, meter and progress display."""
+    """One run of `compare`: its data, trainings and heatmaps."""
 
     def __init__(self, settings, train, test, command):
         self.settings, self.train, self.test = settings, train, test
         self.command = command
-        self.trainer = TRAINERS[settings.frozen](
-            train, test, settings.epochs, settings.batch_size
+        has_gpu = bool(tf.config.list_physical_devices("GPU"))
+        self.context = RunContext(settings, train, test, jit_compile=has_gpu)
+        # Cached features are computed here, once: their heads train here too.
+        self.workers = (
+            1
+            if settings.frozen
+            else settings.workers or default_workers(settings, has_gpu)
         )
-        self.meter = memory_meter()
-        self.jit_compile = bool(tf.config.list_physical_devices("GPU"))
         # Each head's maps on a few test images, for the report's grid.
         self.overlay_images = test.x[:OVERLAY_IMAGES]
-        self.heatmaps = {}
+        self.heatmaps, self.captions = {}, {}
 
-    def model(self, head, seed):
-        keras.utils.set_random_seed(seed)
-        model = build_model(
-            self.settings.backbone,
-            head,
-            self.train.image_shape,
-            self.train.num_classes,
-            self.settings.weights,
-        )
-        return _compile(model, self.settings.learning_rate, self.jit_compile)
+    def runner(self, progress, epochs_task):
+        """Where the trainings run: this process, or `self.workers` at once."""
+        if self.workers == 1:
+            return InlineRunner(self.context, progress, epochs_task)
+        runs = [(h, s) for h in self.settings.heads for s in range(self.settings.seeds)]
+        return ProcessRunner(self.context, runs, self.workers, progress, epochs_task)
 
-    def run_head(self, head, progress, runs_task, epochs_task):
+    def run_head(self, head, runner, progress, runs_task):
         seeds = self.settings.seeds
-        accuracies, seconds, first = [], [], None
+        runs = []
         # Models of earlier heads are exported and no longer needed.
         keras.backend.clear_session(free_memory=True)
-        start_memory = self.meter.reset()
         for seed in range(seeds):
             label = f"{head}, seed {seed + 1}/{seeds}"
             progress.update(runs_task, description=f"head {label}")
-            model = self.model(head, seed)
-            start = time.perf_counter()
-            self.trainer.fit(model, [EpochProgress(progress, epochs_task, label)])
-            seconds.append(time.perf_counter() - start)
-            accuracies.append(self.trainer.accuracy(model))
+            runs.append(runner.result(head, seed, label))
             progress.console.print(
-                f"{label}: test accuracy {accuracies[-1]:.1%}, "
-                f"trained in {seconds[-1]:.1f} s"
+                f"{label}: test accuracy {runs[-1].accuracy:.1%}, "
+                f"trained in {runs[-1].seconds:.1f} s"
             )
             progress.advance(runs_task)
-            if first is None:
-                first = model
-        peak = self.meter.peak()
-        self.heatmaps[head] = head_heatmaps(first, self.overlay_images)
+        first = runs[0].model
+        if not self.context.bags:  # Heatmaps explain images, not bags.
+            self.heatmaps[head] = head_heatmaps(first, self.overlay_images)
+            self.captions[head] = self._captions(first)
         head_model = split_at_pooler(first)[1]
         return HeadResult(
             head=head,
@@ -121,14 +102,23 @@ class _Comparison:
             trainable_params=sum(
                 int(np.prod(w.shape)) for w in first.trainable_weights
             ),
-            accuracies=accuracies,
-            train_seconds=seconds,
+            accuracies=[run.accuracy for run in runs],
+            train_seconds=[run.seconds for run in runs],
             epochs=self.settings.epochs,
-            peak_memory_mib=peak,
-            memory_rise_mib=max(peak - start_memory, 0.0),
+            peak_memory_mib=max(run.peak_memory_mib for run in runs),
+            memory_rise_mib=max(run.memory_rise_mib for run in runs),
             latency_ms=latency_ms(first, self.test.x[0]),
             exports=_export(first, self.settings, head) if self.settings.export else {},
         )
+
+    def _captions(self, model):
+        """Per overlay image, its true class and the one `model` predicts."""
+        names = self.test.class_names
+        predicted = np.argmax(model.predict(self.overlay_images, verbose=0), axis=-1)
+        return [
+            f"true {names[t]}, predicted {names[p]}"
+            for t, p in zip(self.test.y[:OVERLAY_IMAGES], predicted, strict=True)
+        ]
 
     def description(self, status, results):
         settings = self.settings
@@ -143,19 +133,24 @@ class _Comparison:
                 "data": self.train.description,
                 "train_samples": len(self.train.y),
                 "test_samples": len(self.test.y),
-                "image_shape": "x".join(map(str, self.train.image_shape)),
+                "image_shape": "x".join(map(str, self.train.x.shape[1:])),
                 "num_classes": self.train.num_classes,
                 "class_names": list(self.train.class_names),
-                "backbone_description": backbone_description(settings, self.trainer),
+                "backbone_description": backbone_description(
+                    settings, self.context.trainer
+                ),
                 "training": (
                     f"epochs {settings.epochs}, batch size {settings.batch_size}, "
                     f"Adam at {settings.learning_rate:g}, "
                     f"seeds 0 to {settings.seeds - 1}"
                 ),
-                "cache_seconds": self.trainer.cache_seconds,
-                "jit_compile": self.jit_compile,
+                "cache_seconds": self.context.trainer.cache_seconds,
+                "jit_compile": self.context.jit_compile,
+                "workers": self.workers,
             },
-            "measurement": measurement(self.meter, self.jit_compile),
+            "measurement": measurement(
+                self.context.meter, self.context.jit_compile, self.workers
+            ),
         }
 
 
@@ -175,6 +170,7 @@ def _write(report_dir, comparison, status, results):
         results,
         heatmaps=comparison.heatmaps,
         images=comparison.overlay_images,
+        captions=comparison.captions,
     )
 
 
@@ -204,13 +200,15 @@ def run_compare(settings, console, command=None):
     comparison = _Comparison(settings, train, test, command)
     results, status = [], "interrupted"
     try:
-        comparison.trainer.prepare(lambda: comparison.model(settings.heads[0], seed=0))
+        context = comparison.context
+        context.trainer.prepare(lambda: context.model(settings.heads[0], seed=0))
         with run_progress(console) as progress:
             runs = progress.add_task("runs", total=len(settings.heads) * settings.seeds)
             epochs = progress.add_task("epochs", total=settings.epochs)
-            for head in settings.heads:
-                results.append(comparison.run_head(head, progress, runs, epochs))
-                _write(report_dir, comparison, "running", results)
+            with comparison.runner(progress, epochs) as runner:
+                for head in settings.heads:
+                    results.append(comparison.run_head(head, runner, progress, runs))
+                    _write(report_dir, comparison, "running", results)
         status = "complete"
     except BaseException as error:
         if not is_interruption(error):

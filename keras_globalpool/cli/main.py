@@ -9,6 +9,7 @@ from rich.console import Console
 from keras_globalpool.cli.backbones import SMALL_CNN
 from keras_globalpool.cli.compare import run_compare
 from keras_globalpool.cli.data.sources import DATASETS
+from keras_globalpool.cli.data.tasks import TASKS
 from keras_globalpool.cli.explain_command import add_explain_parser
 from keras_globalpool.cli.export_command import export_keras_file
 from keras_globalpool.cli.interruption import is_interruption
@@ -19,6 +20,7 @@ from keras_globalpool.cli.settings import (
     CompareSettings,
     check_learning_rate,
 )
+from keras_globalpool.cli.suite import SUITE, claims_table, run_suite
 from keras_globalpool.cli.verdict import summary
 
 # `--quick`: a smoke test of the whole pipeline in well under a minute.
@@ -75,6 +77,13 @@ def _add_compare(commands):
         "an existing path wins over a built-in name",
     )
     parser.add_argument(
+        "--task",
+        choices=[*TASKS, SUITE],
+        help="train on a built-in task that tests one claim of the design notes "
+        f"({', '.join(TASKS)}), or on every one of them: {SUITE}, which ends with "
+        "a table of the claims as measured; each task brings its data and heads",
+    )
+    parser.add_argument(
         "--image-size", type=_positive_int, help="resize images to this square size"
     )
     parser.add_argument(
@@ -106,12 +115,24 @@ def _add_compare(commands):
         type=_positive_int,
         help=f"trainings per head, for mean ± std (default {CompareSettings.seeds})",
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
     parser.add_argument(
-        "--learning-rate", type=_learning_rate, default=1e-3, help="default 0.001"
+        "--batch-size", type=_positive_int, default=CompareSettings.batch_size
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=_learning_rate,
+        default=CompareSettings.learning_rate,
+        help=f"Adam's learning rate (default {CompareSettings.learning_rate:g})",
     )
     parser.add_argument(
         "--max-samples", type=_positive_int, help="keep at most this many images"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="trainings run at once, each in a process of its own, when the whole "
+        "model trains (default: one per CPU core on a CPU, 1 with a GPU; a frozen "
+        "backbone's heads train one at a time)",
     )
     parser.add_argument(
         "--quick",
@@ -190,12 +211,15 @@ def settings_from(args):
     elif weights.lower() == "none":
         weights = None
     optional = {} if args.run_name is None else {"run_name": args.run_name}
+    task = None if args.task in (None, SUITE) else args.task
+    default_heads = TASKS[task].heads if task else DEFAULT_HEADS
     return CompareSettings(
         data=args.data,
         image_size=args.image_size,
         backbone=args.backbone,
         weights=weights,
-        heads=tuple(args.heads or DEFAULT_HEADS),
+        heads=tuple(args.heads or default_heads),
+        task=task,
         epochs=args.epochs or quick.get("epochs", CompareSettings.epochs),
         seeds=args.seeds or quick.get("seeds", CompareSettings.seeds),
         batch_size=args.batch_size,
@@ -205,8 +229,16 @@ def settings_from(args):
         saved_models=args.saved_models,
         export=not args.no_export,
         overwrite=args.overwrite,
+        workers=args.workers,
         **optional,
     )
+
+
+def _suite(args, settings, console, command):
+    outcome = run_suite(settings, console, command, heads=args.heads)
+    console.print(claims_table(outcome.claims))
+    console.print(f"Report: {outcome.report_dir}/report.md")
+    return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 
 def _compare(args, console, argv):
@@ -214,9 +246,10 @@ def _compare(args, console, argv):
     # Every head builds new models, whose first predictions TF reports as
     # retracing; that is expected here.
     tf.get_logger().setLevel("ERROR")
-    outcome = run_compare(
-        settings, console, command=" ".join(["keras-globalpool", *argv])
-    )
+    command = " ".join(["keras-globalpool", *argv])
+    if args.task == SUITE:
+        return _suite(args, settings, console, command)
+    outcome = run_compare(settings, console, command=command)
     if outcome.results:
         console.print(
             console_table(outcome.results, title=f"compare: {settings.run_name}")

@@ -31,13 +31,14 @@ class ProcessPeakRss:
 
     label = "peak RSS"
     description = (
-        "peak resident set size of the whole process (VmHWM in "
+        "peak resident set size of the process that trained (VmHWM in "
         "/proc/self/status, reset through /proc/self/clear_refs before each "
-        "head); it includes the TensorFlow runtime and the data set held in "
-        "memory, which every head shares; (+N) is the rise over the resident "
-        "size when the head started. The resident size rarely shrinks, as "
-        "TensorFlow keeps kernels and graphs, so later heads start higher and "
-        "the first head also pays one-time start-up costs: compare the rises"
+        "training), the highest over the seeds; it includes the TensorFlow "
+        "runtime and the data set held in memory, which every head shares; "
+        "(+N) is the largest rise over the resident size when a training "
+        "started. The resident size rarely shrinks, as TensorFlow keeps kernels "
+        "and graphs, so later trainings start higher and a process's first "
+        "training also pays one-time start-up costs: compare the rises"
     )
 
     @staticmethod

@@ -1,38 +1,45 @@
 """The report folder of `compare`.
 
 The folder holds `report.json` (every number, for machines), `report.md`
-(the table and how each column was measured, for people) and
-`comparison.png` (accuracy and training time per head).
+(the table, the paired comparisons and how each column was measured, for
+people), `comparison.png` (accuracy and training time per head),
+`paired.png` (each head's paired difference from the best) and
+`overlays.png` (where each head looks).
 """
 
 import json
 import pathlib
 
-from keras_globalpool.cli.charts import plot
+from keras_globalpool.cli.charts import plot, plot_paired
+from keras_globalpool.cli.paired import PairedDifference
 from keras_globalpool.cli.results import markdown_table
 from keras_globalpool.cli.verdict import summary
 from keras_globalpool.viz.overlay_grid import heatmap_grid
 
 
-def _pictures(report_dir, run, results, heatmaps, images):
+def _pictures(report_dir, run, results, verdict, heatmaps, images, captions):
     """Draws the charts; returns the report's Markdown lines for them."""
     if not results:
         return []
+    title = f"{run['run']}: {run['settings']['data']}"
     try:
-        plot(
-            results,
-            report_dir / "comparison.png",
-            f"{run['run']}: {run['settings']['data']}",
-        )
+        plot(results, report_dir / "comparison.png", title)
         lines = ["![accuracy and training time per head](comparison.png)"]
+        against_best = verdict.get("paired", {}).get("against_best")
+        if against_best:
+            differences = [PairedDifference(**p) for p in against_best]
+            plot_paired(differences, report_dir / "paired.png", title)
+            lines += ["", "![paired differences from the best head](paired.png)"]
         if heatmaps:
-            heatmap_grid(heatmaps, images, report_dir / "overlays.png")
+            heatmap_grid(
+                heatmaps, images, report_dir / "overlays.png", captions=captions
+            )
             lines += [
                 "",
                 "## Where each head looks",
                 "",
                 "Attention maps, CAM or Grad-CAM of each head's first-seed model "
-                "on the first test images:",
+                "on the first test images, each with its true and predicted class:",
                 "",
                 "![heatmaps per head](overlays.png)",
             ]
@@ -77,7 +84,7 @@ def _markdown(run, results, verdict, pictures):
     return "\n".join(lines) + "\n"
 
 
-def write_report(report_dir, run, results, heatmaps=None, images=None):
+def write_report(report_dir, run, results, heatmaps=None, images=None, captions=None):
     """Writes `report.json`, `report.md` and the charts.
 
     The charts, `comparison.png` and `overlays.png`, need matplotlib
@@ -92,6 +99,7 @@ def write_report(report_dir, run, results, heatmaps=None, images=None):
         heatmaps: optional dict mapping heads to `(maps, label)` from
             `kgp.viz.overlay_grid.head_heatmaps`, drawn over `images`.
         images: the images `heatmaps` explain.
+        captions: optional dict mapping heads to one caption per image.
 
     Returns:
         The folder, as a `pathlib.Path`.
@@ -101,6 +109,6 @@ def write_report(report_dir, run, results, heatmaps=None, images=None):
     verdict = summary(results) if results else {"lines": ["No head finished."]}
     payload = {**run, "heads": [r.to_json() for r in results], "summary": verdict}
     (report_dir / "report.json").write_text(json.dumps(payload, indent=2) + "\n")
-    pictures = _pictures(report_dir, run, results, heatmaps, images)
+    pictures = _pictures(report_dir, run, results, verdict, heatmaps, images, captions)
     (report_dir / "report.md").write_text(_markdown(run, results, verdict, pictures))
     return report_dir

@@ -60,15 +60,21 @@ def backbone_description(settings, trainer):
     )
 
 
-def measurement(meter, jit_compile):
+def measurement(meter, jit_compile, workers=1):
     """How each column of the table was measured, by column."""
+    at_once = (
+        "one training at a time"
+        if workers == 1
+        else f"{workers} trainings at a time, each in a process of its own"
+    )
     return {
         "head params": "weights of the pooler and every layer after it",
         "total params": "weights of the whole model, backbone included",
         "test accuracy": "mean ± sample standard deviation over the seeds, on "
         "the held-out test images",
         "train time (s)": "wall-clock time of one training (all epochs, graph "
-        f"tracing included), mean over the seeds; jit_compile={jit_compile}",
+        f"tracing included), mean over the seeds; jit_compile={jit_compile}; "
+        f"{at_once}",
         "time / epoch (s)": "train time divided by the epochs",
         "peak memory (MiB)": meter.description,
         "latency / image (ms)": "median over 30 calls of `predict_on_batch` on one "

@@ -7,6 +7,7 @@ import time
 
 from keras_globalpool.arguments import check_positive_int
 from keras_globalpool.cli.backbones import SMALL_CNN, check_backbone
+from keras_globalpool.cli.data.tasks import TASKS
 from keras_globalpool.cli.outputs import check_run_name
 from keras_globalpool.registry import POOLINGS
 
@@ -71,6 +72,12 @@ class CompareSettings:
         export: bool. Save and export each head's first-seed model.
         overwrite: bool. Replace the folders of an earlier run of the same
             name; without it, such a run is refused.
+        task: optional string, a name in `TASKS`. Train on that task's data
+            instead of `data`, which must stay at its default.
+        workers: optional int. Trainings run at once, each in a process of
+            its own, when the whole model trains (a frozen backbone's heads
+            train one at a time on its cached features). Defaults to one per
+            CPU core on a CPU, and to 1 with a GPU.
     """
 
     data: str = "translated-digits"
@@ -78,10 +85,10 @@ class CompareSettings:
     backbone: str = SMALL_CNN
     weights: str | None = None
     heads: tuple = DEFAULT_HEADS
-    epochs: int = 12
+    epochs: int = 10
     seeds: int = 3
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     test_fraction: float = 0.2
     max_samples: int | None = None
     run_name: str = dataclasses.field(
@@ -91,6 +98,8 @@ class CompareSettings:
     saved_models: str = "saved_models"
     export: bool = True
     overwrite: bool = False
+    task: str | None = None
+    workers: int | None = None
 
     def __post_init__(self):
         unknown = [head for head in self.heads if head not in HEADS]
@@ -106,9 +115,32 @@ class CompareSettings:
             )
         for name in ("epochs", "seeds", "batch_size"):
             check_positive_int(name, getattr(self, name))
+        if self.workers is not None:
+            check_positive_int("workers", self.workers)
         check_learning_rate(self.learning_rate)
         check_run_name(self.run_name)
         check_backbone(self.backbone, self.weights)
+        self._check_task()
+
+    def _check_task(self):
+        if self.task is None:
+            return
+        if self.task not in TASKS:
+            names = ", ".join(repr(name) for name in TASKS)
+            raise ValueError(
+                f"`task` must be one of {{{names}}}. Received: task={self.task!r}"
+            )
+        if self.data != CompareSettings.data:
+            raise ValueError(
+                "`task` brings its own data: leave `data` at its default. "
+                f"Received: task={self.task!r}, data={self.data!r}"
+            )
+        if self.task == "bag" and (self.backbone, self.image_size) != (SMALL_CNN, None):
+            raise ValueError(
+                "The bag task trains its own instance encoder on 8x8 digits: "
+                f"`backbone` must be {SMALL_CNN!r} and `image_size` None. Received: "
+                f"backbone={self.backbone!r}, image_size={self.image_size!r}"
+            )
 
     @property
     def frozen(self):

@@ -3,6 +3,7 @@
 from keras_globalpool.cli import data as kgp_data
 from keras_globalpool.cli.backbones import SMALL_CNN
 from keras_globalpool.cli.data.dataset import MIN_PER_CLASS
+from keras_globalpool.cli.data.tasks import load_task
 
 
 def load_splits(settings):
@@ -11,7 +12,10 @@ def load_splits(settings):
     Returns:
         `(train, test)` `ImageDataset`s.
     """
-    dataset = kgp_data.load(settings.data, image_size=settings.image_size)
+    if settings.task is None:
+        dataset = kgp_data.load(settings.data, image_size=settings.image_size)
+    else:
+        dataset = load_task(settings.task)
     if settings.max_samples is not None:
         least = MIN_PER_CLASS * dataset.num_classes
         if settings.max_samples < least:

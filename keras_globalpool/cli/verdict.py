@@ -1,14 +1,34 @@
-"""Which head won: the best accuracy, and which heads are within its noise."""
+"""Which head won: the best accuracy, and how sure, by paired differences."""
+
+from keras_globalpool.cli.paired import against_best, paired_difference
+
+# The baseline every pooling head is also compared with, when it was trained.
+BASELINE = "flatten"
 
 
-def _within_noise(best, results):
-    """Heads whose mean ± std overlaps the best head's."""
-    low = best.accuracy_mean - best.accuracy_std
-    return [
-        r.head
-        for r in results
-        if r is not best and r.accuracy_mean + r.accuracy_std >= low
+def paired_comparisons(results):
+    """Every head against the best head and against the flatten baseline.
+
+    Heads are paired by seed: seed `i` gave each the same split,
+    initialization and batch order.
+
+    Args:
+        results: list of `HeadResult`, every one with the same seeds.
+
+    Returns:
+        dict with `against_best` and `against_baseline`, lists of
+        `PairedDifference` (empty with fewer than 2 heads or 2 seeds, or,
+        for the baseline, without a flatten head).
+    """
+    scores = {r.head: r.accuracies for r in results}
+    if len(scores) < 2 or min(len(s) for s in scores.values()) < 2:
+        return {"against_best": [], "against_baseline": []}
+    baseline = [
+        paired_difference(s, scores[BASELINE], head, BASELINE)
+        for head, s in scores.items()
+        if BASELINE in scores and head != BASELINE
     ]
+    return {"against_best": against_best(scores), "against_baseline": baseline}
 
 
 def summary(results):
@@ -19,7 +39,8 @@ def summary(results):
 
     Returns:
         dict with `best_accuracy` and `best_accuracy_per_parameter` (head
-        names) and `lines`, the sentences that say so.
+        names), `paired` (the `paired_comparisons` as JSON) and `lines`, the
+        sentences that say so.
     """
     best = max(results, key=lambda r: r.accuracy_mean)
     thrifty = max(results, key=lambda r: r.accuracy_mean / r.trainable_params)
@@ -27,12 +48,15 @@ def summary(results):
         f"Best accuracy: {best.head} ({best.accuracy_mean:.1%} ± "
         f"{best.accuracy_std:.1%} over {len(best.accuracies)} seed(s))."
     ]
-    close = _within_noise(best, results)
-    if len(best.accuracies) > 1 and close:
-        lines.append(
-            f"Within one standard deviation of it: {', '.join(close)}; "
-            "more seeds would be needed to rank those."
-        )
+    paired = paired_comparisons(results)
+    if paired["against_best"]:
+        lines.append("Paired by seed, against the best head:")
+        lines += [f"- {p.sentence()}" for p in paired["against_best"]]
+    if paired["against_baseline"]:
+        lines.append(f"Paired by seed, against the {BASELINE} baseline:")
+        lines += [f"- {p.sentence()}" for p in paired["against_baseline"]]
+    if len(best.accuracies) < 2 and len(results) > 1:
+        lines.append("With one seed, no head can be told apart from another.")
     per_1k = 1000 * thrifty.accuracy_mean / thrifty.trainable_params
     lines.append(
         f"Best accuracy per trained parameter: {thrifty.head} "
@@ -42,5 +66,9 @@ def summary(results):
     return {
         "best_accuracy": best.head,
         "best_accuracy_per_parameter": thrifty.head,
+        "paired": {
+            name: [p.to_json() for p in comparisons]
+            for name, comparisons in paired.items()
+        },
         "lines": lines,
     }

@@ -80,7 +80,9 @@ def _check_images(images):
         )
 
 
-def heatmap_grid(rows, images, path, alpha=0.5, cmap="jet", data_format=None):
+def heatmap_grid(
+    rows, images, path, alpha=0.5, cmap="jet", data_format=None, captions=None
+):
     """Saves the grid of `overlay_grid` from heatmaps computed beforehand.
 
     `compare` uses it to draw each head's maps right after training it,
@@ -95,27 +97,36 @@ def heatmap_grid(rows, images, path, alpha=0.5, cmap="jet", data_format=None):
         cmap: string. A matplotlib colormap name. Defaults to `"jet"`.
         data_format: string, the layout of `images`. Defaults to
             `keras.config.image_data_format()`.
+        captions: optional dict mapping a head's name to one string per
+            image, written under its cell, such as the true and predicted
+            class.
 
     Returns:
         `path`.
     """
-    figure = heatmap_grid_figure(rows, images, alpha, cmap, data_format)
+    figure = heatmap_grid_figure(rows, images, alpha, cmap, data_format, captions)
     figure.savefig(path, format="png")
     return path
 
 
-def heatmap_grid_figure(rows, images, alpha=0.5, cmap="jet", data_format=None):
+def heatmap_grid_figure(
+    rows, images, alpha=0.5, cmap="jet", data_format=None, captions=None
+):
     """The matplotlib `Figure` that `heatmap_grid` saves."""
     _check_images(images)
     data_format = data_format or keras.config.image_data_format()
+    captions = captions or {}
     columns = len(images)
-    figure = new_figure(figsize=(1.6 * columns + 1.2, 1.6 * len(rows)))
+    height = 1.9 if captions else 1.6
+    figure = new_figure(figsize=(1.6 * columns + 1.2, height * len(rows)))
     grid = figure.subplots(len(rows), columns, squeeze=False)
     for row, (head, (maps, label)) in enumerate(rows.items()):
         for column, axes in enumerate(grid[row]):
             layer = draw_overlay(
                 axes, images[column], maps[column], alpha, cmap, data_format, 0, 1
             )
+            if head in captions:
+                axes.set_xlabel(captions[head][column], fontsize=8)
         grid[row, 0].set_ylabel(f"{head}\n{label}", fontsize=9)
     for column in range(columns):
         grid[0, column].set_title(f"image {column}", fontsize=9)

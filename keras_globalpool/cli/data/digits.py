@@ -44,19 +44,20 @@ def load_digits():
     )
 
 
-def load_translated_digits(canvas_size=48, digit_size=16, noise=0.25, seed=0):
-    """Loads the digits upscaled and placed at random on a noisy canvas.
+def load_translated_digits(canvas_size=24, digit_size=8, noise=0.25, seed=0):
+    """Loads the digits placed at random on a larger, noisy canvas.
 
-    Each 8x8 digit is resized (bilinear) to `digit_size` pixels square and
-    pasted at a uniformly random position on a `canvas_size` square of
-    uniform background noise; a pixel keeps the brighter of digit and noise.
+    Each 8x8 digit is resized (bilinear) to `digit_size` pixels square,
+    unless it is 8 already, and pasted at a uniformly random position on a
+    `canvas_size` square of uniform background noise; a pixel keeps the
+    brighter of digit and noise.
     A flatten head must learn every digit at every position, while a global
     pooling head sees the same features wherever the digit lies.
 
     Args:
-        canvas_size: int. The side of the output images. Defaults to `48`.
+        canvas_size: int. The side of the output images. Defaults to `24`.
         digit_size: int, at most `canvas_size`. The side of the pasted
-            digit. Defaults to `16`.
+            digit. Defaults to `8`, the digits' own size.
         noise: float in [0, 1]. The noise's upper bound, as a fraction of
             full brightness. Defaults to `0.25`.
         seed: int. Fixes positions and noise. Defaults to `0`.
@@ -69,7 +70,7 @@ def load_translated_digits(canvas_size=48, digit_size=16, noise=0.25, seed=0):
 
     >>> from keras_globalpool.cli import data as kgp_data
     >>> kgp_data.load_translated_digits().x.shape
-    (1797, 48, 48, 1)
+    (1797, 24, 24, 1)
     """
     import keras
 
@@ -81,11 +82,13 @@ def load_translated_digits(canvas_size=48, digit_size=16, noise=0.25, seed=0):
     if not 0 <= noise <= 1:
         raise ValueError(f"`noise` must be in [0, 1]. Received: noise={noise!r}")
     images, labels = _sklearn_digits()
-    digits = keras.ops.convert_to_numpy(
-        keras.ops.image.resize(
-            images[..., None], (digit_size, digit_size), interpolation="bilinear"
+    digits = images[..., None]
+    if digit_size != digits.shape[1]:
+        digits = keras.ops.convert_to_numpy(
+            keras.ops.image.resize(
+                digits, (digit_size, digit_size), interpolation="bilinear"
+            )
         )
-    )
     rng = np.random.default_rng(seed)
     canvas = rng.uniform(
         0.0, noise * 255.0, size=(len(labels), canvas_size, canvas_size, 1)
