@@ -15,7 +15,7 @@ from sklearn.model_selection import cross_val_score
 import keras_globalpool as kgp
 from keras_globalpool.cli import data
 from keras_globalpool.cli.data import tasks
-from keras_globalpool.cli.data.digits import _sklearn_digits
+from keras_globalpool.cli.data.digits import digit_pixels
 
 # Noise reaches 0.25 * 255, rounded to 64; digit pixels above it are exact.
 NOISE_MAX = 64
@@ -24,7 +24,7 @@ GRID_TASKS = ("presence", "small-mark")
 
 @pytest.fixture(scope="module")
 def digits():
-    images, labels = _sklearn_digits()
+    images, labels = digit_pixels()
     return np.round(images).astype("uint8"), labels
 
 

@@ -15,7 +15,22 @@ _CLASS_NAMES = tuple(str(d) for d in range(10))
 _DIGITS_MAX = 16.0
 
 
-def _sklearn_digits():
+def digit_pixels():
+    """The 1,797 digits of scikit-learn as float32 pixels in [0, 255], and labels.
+
+    The tasks of `compare` compose their images from them.
+
+    Returns:
+        Tuple `(images, labels)`: float32 of shape `(1797, 8, 8)`, not
+        rounded, and int labels 0 to 9.
+
+    Example:
+
+    >>> from keras_globalpool.cli.data.digits import digit_pixels
+    >>> images, labels = digit_pixels()
+    >>> images.shape, float(images.max()), int(labels.max())
+    ((1797, 8, 8), 255.0, 9)
+    """
     from sklearn.datasets import load_digits as sklearn_load_digits
 
     bunch = sklearn_load_digits()
@@ -35,7 +50,7 @@ def load_digits():
     >>> kgp_data.load_digits().x.shape
     (1797, 8, 8, 1)
     """
-    images, labels = _sklearn_digits()
+    images, labels = digit_pixels()
     return ImageDataset(
         x=np.round(images)[..., None].astype("uint8"),
         y=labels.astype("int64"),
@@ -81,7 +96,7 @@ def load_translated_digits(canvas_size=24, digit_size=8, noise=0.25, seed=0):
         )
     if not 0 <= noise <= 1:
         raise ValueError(f"`noise` must be in [0, 1]. Received: noise={noise!r}")
-    images, labels = _sklearn_digits()
+    images, labels = digit_pixels()
     digits = images[..., None]
     if digit_size != digits.shape[1]:
         digits = keras.ops.convert_to_numpy(

@@ -16,7 +16,7 @@ import numpy as np
 
 from keras_globalpool.arguments import check_option, check_positive_int
 from keras_globalpool.cli.data.dataset import ImageDataset, stratified_subset
-from keras_globalpool.cli.data.digits import _sklearn_digits, load_translated_digits
+from keras_globalpool.cli.data.digits import digit_pixels, load_translated_digits
 
 # The side of one sklearn digit, and of one cell of a task's grid.
 DIGIT_SIZE = 8
@@ -156,7 +156,7 @@ def load_presence(samples=1500, classes=3, digits=4, grid=3, noise=0.25, seed=0)
     _check_range("classes", classes, 2, np.inf)
     _check_grid(digits, grid, noise, min_digits=classes + 1)
     rng, y = _balanced_labels(samples, classes, seed)
-    images, labels = _sklearn_digits()
+    images, labels = digit_pixels()
     distractors = rng.choice(PRESENCE_DISTRACTORS, size=(samples, 1))
     kinds = np.where(np.arange(digits) <= y[:, None], PRESENCE_TARGET, distractors)
     ids = np.zeros(kinds.shape, "int64")
@@ -203,7 +203,7 @@ def load_small_mark(samples=1600, digits=12, grid=4, noise=0.25, seed=0):
     """
     _check_grid(digits, grid, noise, min_digits=1)
     rng, y = _balanced_labels(samples, 2, seed)
-    images, labels = _sklearn_digits()
+    images, labels = digit_pixels()
     ids = rng.choice(np.flatnonzero(labels != SMALL_MARK_TARGET), (samples, digits))
     # Cells are shuffled later, so the first digit lands in a random cell.
     marked = np.flatnonzero(y == 1)
@@ -249,7 +249,7 @@ def load_bags(samples=1600, min_size=3, max_size=12, seed=0):
     check_positive_int("min_size", min_size)
     _check_range("max_size", max_size, min_size, np.inf)
     rng, y = _balanced_labels(samples, 2, seed)
-    images, labels = _sklearn_digits()
+    images, labels = digit_pixels()
     sizes = rng.integers(min_size, max_size + 1, size=samples)
     mask = np.arange(max_size) < sizes[:, None]
     negatives = np.flatnonzero(labels != BAG_TARGET)
