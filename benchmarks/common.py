@@ -6,6 +6,7 @@ shuffled order and each from cold caches, so a noisy neighbour slows all of
 them alike and none inherits another's cached data.
 """
 
+import contextlib
 import os
 import platform
 import random
@@ -14,7 +15,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 
 def interleaved_times(functions, repeats, calls=1, seed=0):
@@ -85,6 +85,35 @@ def paired_ratio(times, numerator, denominator):
     )
 
 
+def keras_ratios(times, pairs, extras):
+    """The ratios of a layers-against-Keras table, from one group of timings.
+
+    Args:
+        times: dict from `interleaved_times`, holding each of `pairs` and
+            its Keras counterpart `keras_<pair>`, `avg`, and each of `extras`.
+        pairs: names of our layers timed against Keras's; one is `mixed`.
+        extras: names of poolings priced against our avg.
+
+    Returns:
+        dict of `"<pair> / keras"`, `"<extra> / avg"` and `"mixed speed-up"`.
+    """
+    row = {f"{p} / keras": paired_ratio(times, p, f"keras_{p}") for p in pairs}
+    row.update({f"{name} / avg": paired_ratio(times, name, "avg") for name in extras})
+    row["mixed speed-up"] = 1.0 / row["mixed / keras"]
+    return row
+
+
+def ratio_columns(extras):
+    """The columns `keras_ratios` fills, in table order."""
+    return [
+        "avg / keras",
+        "max / keras",
+        "mixed / keras",
+        "mixed speed-up",
+        *(f"{name} / avg" for name in extras),
+    ]
+
+
 def predict_runner(model, x, jit_compile):
     """A function that runs `model` on `x` the way compiled Keras predicts.
 
@@ -93,6 +122,8 @@ def predict_runner(model, x, jit_compile):
     output is read back, so the call returns when the work is done on a GPU
     as well.
     """
+    import tensorflow as tf
+
     model.compile(jit_compile=jit_compile)
     model.make_predict_function(force=True)
     batch = [(x,)]
@@ -106,7 +137,15 @@ def predict_runner(model, x, jit_compile):
 
 
 def device_scope(device):
-    """The `tf.device` to run on: "cpu", or "gpu" when one is present."""
+    """The `tf.device` to run on: "cpu", or "gpu" when one is present.
+
+    On jax and torch it is a no-op: `hide_gpus` chose the device before the
+    backend was imported.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
     if device == "gpu":
         if not tf.config.list_physical_devices("GPU"):
             raise SystemExit("--device gpu: TensorFlow sees no GPU on this machine.")
@@ -115,8 +154,15 @@ def device_scope(device):
 
 
 def hide_gpus():
-    """Runs everything on the CPU, even where a GPU is present."""
-    tf.config.set_visible_devices([], "GPU")
+    """Runs TensorFlow on the CPU, even where a GPU is present.
+
+    jax and torch choose their devices when they are imported: `benchmarks.run`
+    hides the GPUs from them in the environment, before it imports Keras.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
 
 
 def _cpu_model():
@@ -130,24 +176,75 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
+# The CPU features that decide which kernels run: oneDNN turns itself on in
+# TensorFlow where AVX-512 is present, and AMX speeds up 16-bit matrix work.
+_CPU_FEATURES = ("avx", "avx2", "fma")
+_CPU_FAMILIES = ("avx512", "amx")
+
+
+def cpu_flags():
+    """The CPU's vector and matrix features, as `/proc/cpuinfo` lists them.
+
+    Returns:
+        A sorted list such as `["avx", "avx2", "fma"]`: the flags that are,
+        or start with, one of `avx`, `avx2`, `fma`, `avx512` and `amx`.
+    """
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(
+                        f
+                        for f in flags
+                        if f in _CPU_FEATURES or f.startswith(_CPU_FAMILIES)
+                    )
+    except OSError:
+        pass
+    return []
+
+
+def _backend_record():
+    """The backend, its version, its GPUs, and oneDNN's state on TensorFlow."""
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+        from tensorflow.python.util import _pywrap_util_port
+
+        gpus = [
+            tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+            for gpu in tf.config.list_physical_devices("GPU")
+        ]
+        return {
+            "backend": name,
+            "tensorflow": tf.__version__,
+            "onednn": bool(_pywrap_util_port.IsMklEnabled()),
+            "gpus": gpus,
+        }
+    if name == "jax":
+        import jax
+
+        gpus = [str(d) for d in jax.devices() if d.platform != "cpu"]
+        return {"backend": name, "jax": jax.__version__, "gpus": gpus}
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"backend": name, "torch": torch.__version__, "gpus": gpus}
+
+
 def machine(device):
     """What the figures were measured on."""
-    gpus = tf.config.list_physical_devices("GPU")
-    gpu_names = [
-        tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
-        for gpu in gpus
-    ]
     return {
         "cpu": _cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
         "device": device,
-        "gpus": gpu_names,
+        **_backend_record(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": np.__version__,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,

@@ -13,9 +13,10 @@ import numpy as np
 import keras_globalpool as kgp
 from benchmarks.common import (
     interleaved_times,
+    keras_ratios,
     median,
-    paired_ratio,
     predict_runner,
+    ratio_columns,
     verdict,
 )
 
@@ -90,10 +91,7 @@ def run(args):
                 for pair in PAIRS:
                     row[f"{pair} ms"] = 1e3 * median(times[pair])
                     row[f"keras {pair} ms"] = 1e3 * median(times[f"keras_{pair}"])
-                    row[f"{pair} / keras"] = paired_ratio(times, pair, f"keras_{pair}")
-                for name in EXTRAS:
-                    row[f"{name} / avg"] = paired_ratio(times, name, "avg")
-                row["mixed speed-up"] = 1.0 / row["mixed / keras"]
+                row.update(keras_ratios(times, PAIRS, EXTRAS))
                 mixed_ok = (
                     row["mixed speed-up"] >= MIXED_GRAPH_TARGET
                     if mode == "graph"
@@ -113,11 +111,7 @@ def run(args):
             "dtype",
             "shape",
             "avg ms",
-            "avg / keras",
-            "max / keras",
-            "mixed / keras",
-            "mixed speed-up",
-            *(f"{name} / avg" for name in EXTRAS),
+            *ratio_columns(EXTRAS),
             "targets met",
         ],
         "rows": rows,

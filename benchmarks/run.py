@@ -5,16 +5,20 @@
     python -m benchmarks.run --sections 1,2  # some sections only
     python -m benchmarks.run --sections 1 --dtypes float32  # section 1 in float32
     python -m benchmarks.run --device gpu    # the same on the first GPU
+    python -m benchmarks.run --backend all   # section 6 on jax and torch too
 
 Sections: 1 layers against the Keras built-ins, 2 bandwidth, 3 head overhead
 on ResNet50 and MobileNetV2, 4 cached-feature training, 5 peak training
-memory. Every figure is a ratio of medians measured in this run.
+memory (all five on TensorFlow), 6 forward and training step against the
+Keras built-ins (on every backend). Every figure is a ratio of medians
+measured in this run.
 """
 
 import argparse
 import importlib
 import json
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,7 +29,11 @@ SECTIONS = {
     "3": "benchmarks.head_overhead",
     "4": "benchmarks.cached_training",
     "5": "benchmarks.memory",
+    "6": "benchmarks.passes",
 }
+# The sections written for TensorFlow's graph mode, XLA and devices.
+TF_ONLY = ("1", "2", "3", "4", "5")
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def parse_args(argv=None):
@@ -34,8 +42,15 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--sections",
-        default=",".join(SECTIONS),
-        help="comma-separated section numbers (default: all)",
+        default=None,
+        help="comma-separated section numbers (default: all that run on the "
+        "backend: 1-6 on tensorflow, 6 on jax and torch)",
+    )
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+        help="the Keras backend, several comma-separated, or all; each runs in "
+        "a process of its own (default: $KERAS_BACKEND, else tensorflow)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="fewer repeats and epochs, for a smoke run"
@@ -63,10 +78,25 @@ def parse_args(argv=None):
         help="the JSON file to write (default: benchmarks/results.json)",
     )
     args = parser.parse_args(argv)
+    backends = BACKENDS if args.backend == "all" else args.backend.split(",")
+    args.backends = [b.strip() for b in backends if b.strip()]
+    if not args.backends or any(b not in BACKENDS for b in args.backends):
+        parser.error(
+            f"--backend takes some of {list(BACKENDS)}, or all; got {args.backend!r}"
+        )
+    del args.backend
+    tf_only = args.backends == ["tensorflow"]
+    if args.sections is None:
+        args.sections = ",".join(SECTIONS if tf_only else ["6"])
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+    if not tf_only and set(args.sections) & set(TF_ONLY):
+        parser.error(
+            f"sections {list(TF_ONLY)} run on tensorflow only; with --backend "
+            f"{','.join(args.backends)} choose section 6"
+        )
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     allowed = ("float32", "bfloat16", "float16")
     if not args.dtypes or any(d not in allowed for d in args.dtypes):
@@ -78,6 +108,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if len(args.backends) > 1:
+        return _run_each_backend(args, argv)
+    _start_backend(args.backends[0], args.device)
     from benchmarks import common
 
     if args.device == "cpu":
@@ -107,6 +140,58 @@ def main(argv=None):
     if len(tables) > 1:
         print("\n== all sections\n\n" + "\n".join(tables))
     print(f"wrote {args.out}")
+
+
+def _start_backend(backend, device):
+    """Sets the environment Keras and its backend read when they are imported."""
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != backend:
+            raise SystemExit(
+                f"--backend {backend}: Keras was already imported with the "
+                f"{keras.backend.backend()} backend in this process."
+            )
+    os.environ["KERAS_BACKEND"] = backend
+    if device == "cpu":  # jax and torch pick their devices when imported
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+
+
+def _run_each_backend(args, argv):
+    """Runs the suite once per backend, each in a fresh process, and merges them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    merged = {"backends": {}}
+    for backend in args.backends:
+        out = _backend_path(args.out, backend)
+        command = [sys.executable, "-m", "benchmarks.run", *_without_backend(argv)]
+        command += ["--backend", backend, "--out", out]
+        command += ["--sections", ",".join(args.sections)]
+        print(f"\n==== {backend}: {' '.join(command)}", flush=True)
+        subprocess.run(command, check=True)
+        with open(out) as results:
+            merged["backends"][backend] = json.load(results)
+        _write(args.out, merged)
+    print(f"wrote {args.out}")
+
+
+def _without_backend(argv):
+    """`argv` less its `--backend`, `--out` and `--sections` options."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--backend", "--out", "--sections"):
+            skip = True
+        elif not arg.startswith(("--backend=", "--out=", "--sections=")):
+            kept.append(arg)
+    return kept
+
+
+def _backend_path(path, backend):
+    """`results.json` becomes `results-jax.json`."""
+    root, extension = os.path.splitext(path)
+    return f"{root}-{backend}{extension or '.json'}"
 
 
 def _write(path, results):

@@ -99,11 +99,25 @@ def window_avg_pool(x, window, axes, keepdims=False):
     Returns:
         The pooled tensor.
     """
-    # `data_format` is explicit: the global default may be channels_first.
-    pooled = ops.average_pool(
-        x, window, strides=1, padding="valid", data_format="channels_last"
-    )
-    return _finish(pooled, axes, keepdims)
+    positions = window[0] * window[1]
+
+    @ops.custom_gradient
+    def avg_keepdims(x):
+        # `data_format` is explicit: the global default may be channels_first.
+        pooled = ops.average_pool(
+            x, window, strides=1, padding="valid", data_format="channels_last"
+        )
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            # `reduce_mean`'s gradient, one broadcast: the pooling kernel's
+            # own made a training step up to 1.2x slower than Keras's.
+            return ops.broadcast_to(upstream / positions, ops.shape(x))
+
+        return pooled, grad
+
+    return _finish(avg_keepdims(x), axes, keepdims)
 
 
 def _column_max_pool(x, window):

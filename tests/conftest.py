@@ -63,11 +63,14 @@ def _left_out_on_jax(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    if keras.backend.backend() != "jax":
-        return
+    jax = keras.backend.backend() == "jax"
     kept, left_out = [], []
     for item in items:
-        (left_out if _left_out_on_jax(item) else kept).append(item)
+        if jax:
+            (left_out if _left_out_on_jax(item) else kept).append(item)
+        else:  # what compares jax's programs runs in the jax session only
+            jax_only = item.get_closest_marker("jax_only") is not None
+            (left_out if jax_only else kept).append(item)
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = kept

@@ -169,6 +169,32 @@ class TestDtypes:
         error = np.abs(to_numpy(out, "float64") - exact)
         assert np.all(error <= bound), np.max(error / bound)
 
+    @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+    @pytest.mark.parametrize("masked", [False, True])
+    def test_mixed_max_half_is_exact_in_16_bits(self, policy, masked):
+        """Mixed takes a 16-bit map's max in 16 bits on jax and torch, of its
+        float32 copy on TensorFlow: both are the exact max, with the
+        gradient of `GlobalMaxPooling`, which takes it in 16 bits."""
+        compute_dtype = policy.split("_")[1]
+        rng = np.random.default_rng(5)
+        x = (100.0 * rng.normal(size=(3, 6, 5, 4))).astype("float32")
+        mask = rng.random((3, 6, 5)) < 0.5 if masked else np.ones((3, 6, 5), bool)
+        if masked:
+            mask[1] = False  # a fully masked sample pools to zeros
+        seen = np.asarray(keras.ops.cast(keras.ops.cast(x, compute_dtype), "float64"))
+        expected = np.where(mask[..., None], seen, -np.inf).max(axis=(1, 2))
+        expected[~np.isfinite(expected)] = 0.0
+        given = mask if masked else None
+        mixed = kgp.GlobalMixedPooling(dtype=policy)
+        peak = to_numpy(mixed(x, mask=given), "float64")[:, 4:]
+        np.testing.assert_array_equal(peak, expected)
+        dy = rng.normal(size=(3, 4)).astype("float32")
+        mixed_grad = gradients(mixed, x, np.concatenate([0 * dy, dy], -1), given)
+        max_grad = gradients(kgp.GlobalMaxPooling(dtype=policy), x, dy, given)
+        np.testing.assert_array_equal(
+            np.asarray(mixed_grad[0], "float32"), np.asarray(max_grad[0], "float32")
+        )
+
     def test_keras_masked_average_overflow_case(self):
         """Keras's GlobalAveragePooling1D returns inf here under float16."""
         x = np.full((1, 300, 2), 500.0, "float32")

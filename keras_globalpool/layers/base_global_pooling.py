@@ -12,6 +12,17 @@ _FLOATS = (*_LOW_PRECISION, "float32", "float64")
 _POLICIES = (*_FLOATS, "mixed_float16", "mixed_bfloat16")
 
 
+def _cast(x, dtype):
+    """`ops.cast`, skipped for a backend tensor that has `dtype` already.
+
+    The cast would return it unchanged, after a dispatch that costs, in
+    torch's eager calls, about a tenth of the time of a small map's pooling.
+    """
+    if ops.is_tensor(x) and keras.backend.standardize_dtype(x.dtype) == dtype:
+        return x
+    return ops.cast(x, dtype)
+
+
 class BaseGlobalPooling(keras.layers.Layer):
     """Global pooling over every spatial axis of a 1D, 2D or 3D feature map.
 
@@ -265,7 +276,7 @@ class BaseGlobalPooling(keras.layers.Layer):
         """
         if mask is not None:
             self._check_mask(inputs, mask)
-        x = ops.cast(inputs, self.reduction_dtype)
+        x = _cast(inputs, self.reduction_dtype)
         rank = len(x.shape)
         axes = self._spatial_axes(rank)
         if mask is not None:
@@ -274,7 +285,7 @@ class BaseGlobalPooling(keras.layers.Layer):
         return x, mask, axes
 
     def _finish(self, outputs):
-        return ops.cast(outputs, self.compute_dtype)
+        return _cast(outputs, self.compute_dtype)
 
     # === Loading ===
 

@@ -84,7 +84,9 @@ class GlobalMixedPooling(BaseGlobalPooling):
 
     def call(self, inputs, mask=None):
         x, mask, axes = self._prepare(inputs, mask)
-        avg, peak = pool_ops.global_avg_max_pool(x, axes, mask, self.keepdims)
+        avg, peak = pool_ops.global_avg_max_pool(
+            x, axes, mask, self.keepdims, peaks=self._peaks(inputs, x)
+        )
         channel_axis = self._channel_axis(len(avg.shape))
         if self.mode == "concat":
             return self._finish(ops.concatenate([avg, peak], axis=channel_axis))
@@ -96,6 +98,20 @@ class GlobalMixedPooling(BaseGlobalPooling):
         if channel_axis != len(avg.shape) - 1:
             gate = ops.reshape(gate, (-1,) + (1,) * (len(avg.shape) - 2))
         return self._finish(gate * avg + (1.0 - gate) * peak)
+
+    def _peaks(self, inputs, x):
+        """The 16-bit map to take the maximum of, or None to take it of `x`.
+
+        A maximum is exact in any dtype. On jax and torch a 16-bit map's is
+        taken in 16 bits: on jax, the maximum of its float32 copy, fused with
+        the sum, ran 5x slower than Keras's. TensorFlow's XLA takes it 1.1x
+        to 1.6x faster in float32 (`benchmarks/`), and graph mode takes the
+        fast path on `x`.
+        """
+        if keras.backend.backend() == "tensorflow":
+            return None
+        peaks = ops.cast(inputs, self.compute_dtype)
+        return peaks if peaks.dtype != x.dtype else None
 
     def get_config(self):
         config = super().get_config()
