@@ -125,9 +125,8 @@ def main(argv=None):
     with common.device_scope(args.device):
         for number in args.sections:
             section = importlib.import_module(SECTIONS[number])
-            print(
-                f"\n== section {number}: {section.__doc__.splitlines()[0]}", flush=True
-            )
+            title = section.__doc__.splitlines()[0].split(": ", 1)[-1]
+            print(f"\n== section {number}: {title}", flush=True)
             result = section.run(args)
             results["sections"][number] = result
             tables.append(

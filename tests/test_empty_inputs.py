@@ -110,6 +110,9 @@ class TestRunTimeEmpty:
     @pytest.mark.parametrize("case", CASES)
     def test_embedding_of_padding_only_sequences(self, case):
         """Embedding(mask_zero=True) with sequences that are all padding."""
+        # Seeded: with some draws a ReLU'd projection (covariance) zeroes the
+        # real sample's two tokens alike, and it pools to zeros by right.
+        keras.utils.set_random_seed(0)
         inputs = keras.Input((None,), dtype="int32")
         features = keras.layers.Embedding(5, 4, mask_zero=True)(inputs)
         model = keras.Model(inputs, make_layer(case)(features))

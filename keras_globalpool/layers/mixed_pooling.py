@@ -104,9 +104,9 @@ class GlobalMixedPooling(BaseGlobalPooling):
 
         A maximum is exact in any dtype. On jax and torch a 16-bit map's is
         taken in 16 bits: on jax, the maximum of its float32 copy, fused with
-        the sum, ran 5x slower than Keras's. TensorFlow's XLA takes it 1.1x
-        to 1.6x faster in float32 (`benchmarks/`), and graph mode takes the
-        fast path on `x`.
+        the sum, made mixed up to 5x slower than Keras's layers. TensorFlow's
+        XLA took it up to 1.7x faster in float32 (`docs/benchmarks.md`), and
+        graph mode takes the fast path on `x`.
         """
         if keras.backend.backend() == "tensorflow":
             return None
