@@ -85,7 +85,7 @@ class GlobalMixedPooling(BaseGlobalPooling):
     def call(self, inputs, mask=None):
         x, mask, axes = self._prepare(inputs, mask)
         avg, peak = pool_ops.global_avg_max_pool(
-            x, axes, mask, self.keepdims, peaks=self._peaks(inputs, x)
+            x, axes, mask, self.keepdims, peaks=self._peaks(inputs)
         )
         channel_axis = self._channel_axis(len(avg.shape))
         if self.mode == "concat":
@@ -99,8 +99,9 @@ class GlobalMixedPooling(BaseGlobalPooling):
             gate = ops.reshape(gate, (-1,) + (1,) * (len(avg.shape) - 2))
         return self._finish(gate * avg + (1.0 - gate) * peak)
 
-    def _peaks(self, inputs, x):
-        """The 16-bit map to take the maximum of, or None to take it of `x`.
+    def _peaks(self, inputs):
+        """The 16-bit map to take the maximum of, or None to take it of the
+        map `_prepare` gave.
 
         A maximum is exact in any dtype. On jax and torch a 16-bit map's is
         taken in 16 bits: on jax, the maximum of its float32 copy, fused with
@@ -108,10 +109,12 @@ class GlobalMixedPooling(BaseGlobalPooling):
         XLA took it up to 1.7x faster in float32 (`docs/benchmarks.md`), and
         graph mode takes the fast path on `x`.
         """
+        compute_dtype = keras.backend.standardize_dtype(self.compute_dtype)
         if keras.backend.backend() == "tensorflow":
             return None
-        peaks = ops.cast(inputs, self.compute_dtype)
-        return peaks if peaks.dtype != x.dtype else None
+        if compute_dtype == self.reduction_dtype:  # not 16-bit: no copy was made
+            return None
+        return ops.cast(inputs, compute_dtype)
 
     def get_config(self):
         config = super().get_config()
