@@ -12,7 +12,7 @@ from keras_globalpool.cached import (
     fit_cached,
     predict_cached,
 )
-from keras_globalpool.export import export_saved_model
+from keras_globalpool.deployment import export, load_exported
 from keras_globalpool.layers import (
     BaseAttentionPooling,
     BaseGlobalPooling,
@@ -33,6 +33,7 @@ from keras_globalpool.layers.preprocessing import BackbonePreprocessing
 from keras_globalpool.pooler import split_at_pooler
 from keras_globalpool.registry import POOLINGS, custom_objects, get
 from keras_globalpool.safe_loading import load_model
+from keras_globalpool.serving import export_saved_model
 from keras_globalpool.viz import (
     PooledFeatureMonitor,
     attention_maps,
@@ -69,9 +70,11 @@ __all__ = [
     "cache_features",
     "class_activation_maps",
     "custom_objects",
+    "export",
     "export_saved_model",
     "fit_cached",
     "get",
+    "load_exported",
     "load_model",
     "pool_ops",
     "predict_cached",

@@ -391,3 +391,22 @@ def gradients(layer, x, dy, mask=None):
         np.zeros(np.shape(source)) if g is None else ops.convert_to_numpy(g)
         for source, g in zip(sources, grads, strict=True)
     ]
+
+
+def token_ids(steps, seed=0):
+    """Ids of shape (4, steps) in a vocabulary of 100, 0 for padding: row 1
+    partly padded, row 2 fully padded."""
+    ids = np.random.default_rng(seed).integers(1, 100, (4, steps))
+    ids[1, steps // 2 :] = 0
+    ids[2] = 0
+    return ids.astype("int32")
+
+
+def token_model(pooling):
+    """`Input -> Embedding(100, 16, mask_zero=True) -> pooling -> Dense(3)`."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(100, 16, mask_zero=True)(inputs)
+    x = make_pooling(pooling)(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(x)
+    return keras.Model(inputs, outputs)

@@ -337,6 +337,7 @@ def test_offline_imagenet_download_is_explained(tmp_path, capsys, monkeypatch):
     [
         ("compare", ["--overwrite", "an existing path wins"]),
         ("explain", ["--overwrite", "never overwritten"]),
+        ("export", ["with --quantize int8 only", "tf_saved_model only"]),
     ],
 )
 def test_help_documents_the_choices(capsys, command, phrases):

@@ -57,6 +57,7 @@ SUBSTITUTIONS = (
 # A block needs TensorFlow if it matches one of these (pattern: why).
 TENSORFLOW_ONLY = {
     r"\bexport_saved_model\b": "SavedModel export",
+    r"\bkgp\.export\(|\bload_exported\b": "export runs on TensorFlow",
     r"\bimport tensorflow\b|\btf\.": "the TensorFlow API",
     r"\b(?:train|val)_ds\b": "a tf.data pipeline",
     r"\bclass_activation_maps\b|\boverlay_grid\b": "Grad-CAM uses tf.GradientTape",

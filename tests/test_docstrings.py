@@ -21,7 +21,8 @@ BACKEND = keras.backend.backend()
 # Modules that need TensorFlow or the command line, which run on TensorFlow.
 TENSORFLOW_ONLY = (
     "keras_globalpool.cli",
-    "keras_globalpool.export",
+    "keras_globalpool.deployment",
+    "keras_globalpool.serving",
     "keras_globalpool.viz",
 )
 

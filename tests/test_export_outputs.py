@@ -268,6 +268,18 @@ def test_several_inputs_are_refused(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_sequential_model_never_called_exports(tmp_path):
+    model = keras.Sequential(
+        [keras.Input((4, 4, 3)), kgp.GlobalGeMPooling(), keras.layers.Dense(2)]
+    )
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    path = kgp.export_saved_model(model, tmp_path / "sequential")
+    served = tf.saved_model.load(path).signatures["serving_default"](images=x)
+    np.testing.assert_allclose(served["logits"], model.predict(x), rtol=1e-6)
+
+
 def test_unbuilt_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="Received: model="):
         kgp.export_saved_model(keras.Sequential([keras.layers.Dense(2)]), tmp_path)
@@ -290,7 +302,7 @@ IMPORT_WITHOUT_TF = textwrap.dedent(
 def test_importing_export_does_not_load_tensorflow():
     # Under another backend the module must not pull TensorFlow in; it is
     # loaded from its file so the rest of the package plays no part.
-    spec = importlib.util.find_spec("keras_globalpool.export")
+    spec = importlib.util.find_spec("keras_globalpool.serving")
     done = subprocess.run(
         [sys.executable, "-c", IMPORT_WITHOUT_TF, spec.origin],
         capture_output=True,

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_globalpool.cli.export_formats import export_and_measure, export_line
 from keras_globalpool.cli.interruption import is_interruption
 from keras_globalpool.cli.measure import latency_ms
 from keras_globalpool.cli.outputs import (
@@ -27,24 +28,37 @@ from keras_globalpool.cli.runs import RunContext
 from keras_globalpool.cli.settings import HEADS
 from keras_globalpool.cli.splits import load_splits
 from keras_globalpool.cli.workers import InlineRunner, ProcessRunner, default_workers
-from keras_globalpool.export import export_saved_model
 from keras_globalpool.pooler import split_at_pooler
+from keras_globalpool.serving import export_saved_model
 from keras_globalpool.viz.overlay_grid import head_heatmaps
 
 # How many test images the report's heatmap grid shows.
 OVERLAY_IMAGES = 4
 
 
-def _export(model, settings, head):
+def _export(model, settings, head, export_format=None):
+    """Saves `model.keras` and a SavedModel, and runs `export_format`.
+
+    Args:
+        export_format: optional function of the head's folder that exports
+            it in `settings.export_format` and returns an `ExportResult`.
+
+    Returns:
+        `(paths by format, ExportResult or None)`.
+    """
     folder = pathlib.Path(settings.saved_models) / settings.run_name / head
     folder.mkdir(parents=True, exist_ok=True)
     keras_path = folder / "model.keras"
     try:
         model.save(keras_path)
-        return {
+        exports = {
             "keras": str(keras_path),
             "saved_model": export_saved_model(model, folder),
         }
+        result = None if export_format is None else export_format(folder)
+        if result is not None and result.path is not None:
+            exports[result.format] = result.path
+        return exports, result
     except BaseException:
         # A head is exported whole or not at all, even on Ctrl-C.
         shutil.rmtree(folder, ignore_errors=True)
@@ -95,6 +109,14 @@ class _Comparison:
             self.heatmaps[head] = head_heatmaps(first, self.overlay_images)
             self.captions[head] = self._captions(first)
         head_model = split_at_pooler(first)[1]
+        latency = latency_ms(first, self.test.x[0])
+        exports, export_result = {}, None
+        if self.settings.export:
+            exports, export_result = _export(
+                first, self.settings, head, self._export_format(first, latency)
+            )
+        if export_result is not None:
+            progress.console.print(export_line(head, export_result))
         return HeadResult(
             head=head,
             head_params=head_model.count_params(),
@@ -107,9 +129,23 @@ class _Comparison:
             epochs=self.settings.epochs,
             peak_memory_mib=max(run.peak_memory_mib for run in runs),
             memory_rise_mib=max(run.memory_rise_mib for run in runs),
-            latency_ms=latency_ms(first, self.test.x[0]),
-            exports=_export(first, self.settings, head) if self.settings.export else {},
+            latency_ms=latency,
+            exports=exports,
+            export_result=export_result,
         )
+
+    def _export_format(self, model, latency):
+        """`_export`'s `export_format` for `model`, or `None` without one."""
+        if not self.settings.deploys:
+            return None
+        keras_measures = (self.context.trainer.predict_test(model), latency)
+
+        def export_format(folder):
+            return export_and_measure(
+                model, folder, self.settings, self.train, self.test, keras_measures
+            )
+
+        return export_format
 
     def _captions(self, model):
         """Per overlay image, its true class and the one `model` predicts."""

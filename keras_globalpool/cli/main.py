@@ -11,7 +11,8 @@ from keras_globalpool.cli.compare import run_compare
 from keras_globalpool.cli.data.sources import DATASETS
 from keras_globalpool.cli.data.tasks import TASKS
 from keras_globalpool.cli.explain_command import add_explain_parser
-from keras_globalpool.cli.export_command import export_keras_file
+from keras_globalpool.cli.export_command import FORMAT_NAMES, export_keras_file
+from keras_globalpool.cli.export_formats import export_size
 from keras_globalpool.cli.interruption import is_interruption
 from keras_globalpool.cli.results import console_table
 from keras_globalpool.cli.settings import (
@@ -22,6 +23,10 @@ from keras_globalpool.cli.settings import (
 )
 from keras_globalpool.cli.suite import SUITE, claims_table, run_suite
 from keras_globalpool.cli.verdict import summary
+from keras_globalpool.deployment.formats import FORMATS
+
+# The quantizations of `kgp.export`, for ONNX and LiteRT.
+QUANTIZE = ("dynamic", "int8")
 
 # `--quick`: a smoke test of the whole pipeline in well under a minute.
 QUICK = {"epochs": 2, "seeds": 1, "max_samples": 500}
@@ -157,6 +162,21 @@ def _add_compare(commands):
         "--no-export", action="store_true", help="skip saving and exporting models"
     )
     parser.add_argument(
+        "--export-format",
+        choices=list(FORMATS),
+        help="also export each head's first-seed model to SAVED_MODELS/RUN_NAME/"
+        "HEAD/model.onnx, .tflite or .xml with kgp.export, and measure it in its "
+        "runtime on the test images (accuracy, agreement with Keras, size, "
+        "latency) for the report's Export table; tf_saved_model adds nothing",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        help="with --export-format onnx or litert: int8 weights (dynamic), or "
+        "int8 weights and activations calibrated on up to 256 training images "
+        "(int8)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an earlier run of the same --run-name: its report folder "
@@ -168,20 +188,58 @@ def _add_compare(commands):
 def _add_export(commands):
     parser = commands.add_parser(
         "export",
-        help="convert a .keras model to a TF Serving SavedModel",
-        description="Write MODEL (a .keras file) to OUT_DIR/<version>/ for TF Serving.",
+        help="convert a .keras model for TF Serving, ONNX, LiteRT or OpenVINO",
+        description=(
+            "Write MODEL (a .keras file) to OUT with kgp.export, which checks the "
+            "export in its runtime first: a SavedModel in OUT/<version>/ for TF "
+            "Serving (the default), or the file OUT (.onnx, .tflite or .xml)."
+        ),
     )
     parser.add_argument("model", help="the .keras file")
-    parser.add_argument("out_dir", help="the model's base folder for TF Serving")
     parser.add_argument(
-        "--version", type=int, help="version folder (default: the next free number)"
+        "out",
+        help="for tf_saved_model, the model's base folder for TF Serving; else "
+        "the file to write, ending in .onnx, .tflite or .xml (OpenVINO writes "
+        "a .bin beside it)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        default="tf_saved_model",
+        help="default tf_saved_model",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        help="for onnx and litert: int8 weights (dynamic), or int8 weights and "
+        "activations calibrated on --calibration (int8)",
+    )
+    parser.add_argument(
+        "--calibration",
+        help="with --quantize int8 only: a folder of class subfolders of images "
+        "(resized to the model's input size) or a .npz file with arrays x and y; "
+        "100 to 500 typical images, raw pixels (0-255)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "model"),
+        help="for the file formats: float32 (default; a mixed-precision model "
+        "is exported in float32) or model (its own dtype policy, for onnx and "
+        "openvino)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing OUT file"
+    )
+    parser.add_argument(
+        "--version",
+        type=int,
+        help="tf_saved_model only: version folder (default: the next free number)",
     )
     parser.add_argument(
         "--threshold",
         type=float,
-        default=0.5,
-        help="for a sigmoid head: the probability at or above which class_ids "
-        "or labels is 1 (default 0.5; a number in (0, 1))",
+        help="tf_saved_model only: for a sigmoid head, the probability at or "
+        "above which class_ids or labels is 1 (default 0.5; a number in (0, 1))",
     )
     parser.set_defaults(handler=_export)
 
@@ -192,7 +250,8 @@ def build_parser():
         prog="keras-globalpool",
         description=(
             "Compare global-pooling heads on your images, export models for TF "
-            "Serving, and explain their predictions with heatmaps."
+            "Serving, ONNX, LiteRT or OpenVINO, and explain their predictions "
+            "with heatmaps."
         ),
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +289,8 @@ def settings_from(args):
         export=not args.no_export,
         overwrite=args.overwrite,
         workers=args.workers,
+        export_format=args.export_format,
+        quantize=args.quantize,
         **optional,
     )
 
@@ -264,9 +325,20 @@ def _compare(args, console, argv):
 
 def _export(args, console, argv):
     path = export_keras_file(
-        args.model, args.out_dir, version=args.version, threshold=args.threshold
+        args.model,
+        args.out,
+        version=args.version,
+        threshold=args.threshold,
+        format=args.format,
+        precision=args.precision,
+        quantize=args.quantize,
+        calibration=args.calibration,
+        overwrite=args.overwrite,
     )
-    console.print(f"SavedModel for TF Serving: {path}")
+    line = f"{FORMAT_NAMES[args.format]}: {path}"
+    if args.format != "tf_saved_model":
+        line += f" ({export_size(path) / 1000:,.1f} KB)"
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

@@ -109,6 +109,36 @@ def memory_meter():
     return next(meter() for meter in MEMORY_METERS if meter.available())
 
 
+def call_latency_ms(predict, batch, repeats=30, warmup=3):
+    """Median time, in ms, of `predict(batch)`.
+
+    Args:
+        predict: a function of one batch, such as `model.predict_on_batch`
+            or what `kgp.load_exported` returns.
+        batch: the batch it is called on.
+        repeats: int. Timed calls. Defaults to `30`.
+        warmup: int. Untimed calls first, which trace the function or warm
+            the runtime up. Defaults to `3`.
+
+    Returns:
+        float. The median over `repeats` calls.
+
+    Example:
+
+    >>> from keras_globalpool.cli.measure import call_latency_ms
+    >>> call_latency_ms(np.sum, np.ones(4), repeats=5) >= 0
+    True
+    """
+    for _ in range(warmup):
+        predict(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict(batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
+
+
 def latency_ms(model, image, repeats=30, warmup=3):
     """Median time, in ms, for `model` to predict one image.
 
@@ -123,12 +153,4 @@ def latency_ms(model, image, repeats=30, warmup=3):
         float. The median over `repeats` calls of `model.predict_on_batch`
         on a batch of one.
     """
-    batch = image[None]
-    for _ in range(warmup):
-        model.predict_on_batch(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.predict_on_batch(batch)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
+    return call_latency_ms(model.predict_on_batch, image[None], repeats, warmup)

@@ -15,6 +15,64 @@ COLUMNS = (
     "peak memory (MiB)",
     "latency / image (ms)",
 )
+EXPORT_COLUMNS = (
+    "head",
+    "format",
+    "quantize",
+    "test accuracy",
+    "vs Keras (points)",
+    "agrees with Keras",
+    "size (KB)",
+    "latency / image (ms)",
+    "Keras latency (ms)",
+)
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """One head's export to ONNX, LiteRT or OpenVINO, measured in its runtime.
+
+    A head the format cannot express has only `format`, `quantize` and
+    `error`; every other field is then `None`.
+
+    Args:
+        format: string. The `kgp.export` format.
+        quantize: `None`, `"dynamic"` or `"int8"`.
+        path: string. The file written (OpenVINO's `.xml`).
+        size_bytes: int. Its size on disk, OpenVINO's `.bin` included.
+        accuracy: float. Test accuracy of the export, in its runtime.
+        keras_accuracy: float. Test accuracy of the float32 Keras model.
+        agreement: float. The share of test images where the export and
+            Keras predict the same class.
+        latency_ms: float. Median time of the export to predict one image.
+        keras_latency_ms: float. The same for Keras's `predict_on_batch`.
+        error: string. Why the head was not exported, in one line.
+    """
+
+    format: str
+    quantize: str | None
+    path: str | None = None
+    size_bytes: int | None = None
+    accuracy: float | None = None
+    keras_accuracy: float | None = None
+    agreement: float | None = None
+    latency_ms: float | None = None
+    keras_latency_ms: float | None = None
+    error: str | None = None
+
+    def row(self, head):
+        """The Export table's row, as strings in `EXPORT_COLUMNS` order."""
+        return (
+            head,
+            self.format,
+            self.quantize or "none",
+            f"{self.accuracy:.1%}",
+            f"{100 * (self.accuracy - self.keras_accuracy):+.1f}",
+            f"{self.agreement:.1%}",
+            f"{self.size_bytes / 1000:,.1f}",
+            f"{self.latency_ms:.2f}",
+            f"{self.keras_latency_ms:.2f}",
+        )
 
 
 @dataclasses.dataclass
@@ -34,6 +92,7 @@ class HeadResult:
             head started.
         latency_ms: float. Median time to predict one image.
         exports: dict. Paths of the saved models, by format.
+        export_result: optional `ExportResult`, with `--export-format`.
     """
 
     head: str
@@ -47,6 +106,7 @@ class HeadResult:
     memory_rise_mib: float
     latency_ms: float
     exports: dict
+    export_result: ExportResult | None = None
 
     @property
     def accuracy_mean(self):
@@ -106,3 +166,30 @@ def markdown_table(results):
     ]
     lines += ["| " + " | ".join(result.row()) + " |" for result in results]
     return "\n".join(lines)
+
+
+def export_markdown(results):
+    """The Export table and each head that failed to export, as Markdown lines.
+
+    Args:
+        results: list of `HeadResult`.
+
+    Returns:
+        list of strings; empty when no head has an `export_result`.
+    """
+    exports = [(r.head, r.export_result) for r in results if r.export_result]
+    measured = [(head, e) for head, e in exports if e.error is None]
+    lines = []
+    if measured:
+        lines += [
+            "| " + " | ".join(EXPORT_COLUMNS) + " |",
+            "| --- | --- | --- |" + " ---: |" * (len(EXPORT_COLUMNS) - 3),
+            *("| " + " | ".join(e.row(head)) + " |" for head, e in measured),
+        ]
+    failed = [(head, e) for head, e in exports if e.error is not None]
+    if failed:
+        lines += [""] if lines else []
+        lines += [
+            f"- {head}: not exported to {e.format}: {e.error}" for head, e in failed
+        ]
+    return lines

@@ -9,6 +9,7 @@ from keras_globalpool.arguments import check_positive_int
 from keras_globalpool.cli.backbones import SMALL_CNN, check_backbone
 from keras_globalpool.cli.data.tasks import TASKS
 from keras_globalpool.cli.outputs import check_run_name
+from keras_globalpool.deployment.formats import FORMATS, QUANTIZATIONS
 from keras_globalpool.registry import POOLINGS
 
 # Every head `compare` can train: the classic Flatten + Dense baseline first,
@@ -78,6 +79,13 @@ class CompareSettings:
             its own, when the whole model trains (a frozen backbone's heads
             train one at a time on its cached features). Defaults to one per
             CPU core on a CPU, and to 1 with a GPU.
+        export_format: optional string, a format of `kgp.export`. Also
+            export each head's first-seed model to `"onnx"`, `"litert"` or
+            `"openvino"` and measure it in its runtime; `"tf_saved_model"`
+            adds nothing, as every run exports a SavedModel.
+        quantize: optional string, `"dynamic"` or `"int8"`, for an
+            `export_format` that offers it (`"onnx"`, `"litert"`); `"int8"`
+            calibrates on up to 256 training images.
     """
 
     data: str = "translated-digits"
@@ -100,6 +108,8 @@ class CompareSettings:
     overwrite: bool = False
     task: str | None = None
     workers: int | None = None
+    export_format: str | None = None
+    quantize: str | None = None
 
     def __post_init__(self):
         unknown = [head for head in self.heads if head not in HEADS]
@@ -121,6 +131,7 @@ class CompareSettings:
         check_run_name(self.run_name)
         check_backbone(self.backbone, self.weights)
         self._check_task()
+        self._check_export_format()
 
     def _check_task(self):
         if self.task is None:
@@ -141,6 +152,39 @@ class CompareSettings:
                 f"`backbone` must be {SMALL_CNN!r} and `image_size` None. Received: "
                 f"backbone={self.backbone!r}, image_size={self.image_size!r}"
             )
+
+    def _check_export_format(self):
+        if self.export_format is not None:
+            if self.export_format not in FORMATS:
+                names = ", ".join(repr(name) for name in FORMATS)
+                raise ValueError(
+                    f"`export_format` must be one of {{{names}}}. "
+                    f"Received: export_format={self.export_format!r}"
+                )
+            if not self.export:
+                raise ValueError(
+                    "`export_format` needs the export that `export=False` "
+                    "(--no-export) skips. "
+                    f"Received: export_format={self.export_format!r}"
+                )
+        if self.quantize not in (None, "dynamic", "int8"):
+            raise ValueError(
+                "`quantize` must be None, 'dynamic' or 'int8'. "
+                f"Received: quantize={self.quantize!r}"
+            )
+        offered = QUANTIZATIONS.get(self.export_format, ())
+        if self.quantize is not None and self.quantize not in offered:
+            formats = " or ".join(repr(name) for name in QUANTIZATIONS)
+            raise ValueError(
+                "`quantize` (--quantize) needs an `export_format` "
+                f"(--export-format) that offers it: {formats}. Received: "
+                f"quantize={self.quantize!r}, export_format={self.export_format!r}"
+            )
+
+    @property
+    def deploys(self):
+        """Whether heads are also exported to a format besides SavedModel."""
+        return self.export_format not in (None, "tf_saved_model")
 
     @property
     def frozen(self):

@@ -84,8 +84,10 @@ class GlobalMixedPooling(BaseGlobalPooling):
 
     def call(self, inputs, mask=None):
         x, mask, axes = self._prepare(inputs, mask)
+        # Masked, from `x`: the masked max needs finite values where it masks.
+        peaks = self._peaks(inputs if mask is None else x)
         avg, peak = pool_ops.global_avg_max_pool(
-            x, axes, mask, self.keepdims, peaks=self._peaks(inputs)
+            x, axes, mask, self.keepdims, peaks=peaks
         )
         channel_axis = self._channel_axis(len(avg.shape))
         if self.mode == "concat":

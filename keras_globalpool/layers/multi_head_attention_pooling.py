@@ -27,6 +27,16 @@ def _check_mlp_ratio(value):
     return float(value)
 
 
+def _two_last_axes(x):
+    """`x[..., None, None]`, as LiteRT's builtin ops can express it.
+
+    Indexing with `None` converts to a `StridedSlice` that adds axes, which
+    LiteRT's builtin `StridedSlice` does not take; `expand_dims` converts to
+    a builtin `ExpandDims`.
+    """
+    return ops.expand_dims(ops.expand_dims(x, -1), -1)
+
+
 def _gelu(x):
     # From `erf`: Keras's TensorFlow `gelu` is off by 1e-9 in float64.
     return 0.5 * x * (1.0 + ops.erf(x / math.sqrt(2.0)))
@@ -232,10 +242,10 @@ class GlobalMultiHeadAttentionPooling(BaseKernelPooling):
             logits = ops.einsum(f"{positions}hd,lhd->{positions}hl", keys, queries)
         # As `GlobalAttentionPooling._logits`: finite inputs give finite
         # weights, and a NaN at a valid position makes its sample NaN.
-        has_nan = ops.any(ops.isnan(features), axis=-1)[..., None, None]
+        has_nan = _two_last_axes(ops.any(ops.isnan(features), axis=-1))
         logits = ops.where(has_nan, float("nan"), ops.nan_to_num(logits, nan=0.0))
         if mask is not None:
-            mask = mask[..., None, None]
+            mask = _two_last_axes(mask)
         weights = pool_ops.normalize_scores(logits, axes, mask, "softmax")
         sizes = [features.shape[axis] for axis in axes]
         short = None not in sizes and math.prod(sizes) <= pool_ops.SUM_BLOCK
@@ -243,7 +253,7 @@ class GlobalMultiHeadAttentionPooling(BaseKernelPooling):
             return weights, self._folded_values(features, weights, w, positions)
         values = self._project_tokens(features, w, "value")
         # The weighted sum over positions is blocked, as in every pooling.
-        terms = weights[..., None] * values[..., None, :]
+        terms = ops.expand_dims(weights, -1) * ops.expand_dims(values, -2)
         return weights, pool_ops.blocked_sum(terms, axes)
 
     def _folded_logits(self, features, queries, w, positions):
@@ -271,7 +281,8 @@ class GlobalMultiHeadAttentionPooling(BaseKernelPooling):
         # Each value's bias, times the weights' sum: 1, or 0 where nothing
         # is valid.
         total = pool_ops.blocked_sum(weights, tuple(range(1, len(positions))))
-        return attended + total[..., None] * self._heads(w["value_bias"])[:, None]
+        bias = ops.expand_dims(self._heads(w["value_bias"]), 1)
+        return attended + ops.expand_dims(total, -1) * bias
 
     def call(self, inputs, mask=None, training=None, return_attention_scores=False):
         x, mask, axes = self._prepare(inputs, mask)

@@ -64,7 +64,8 @@ def global_max_pool(x, axes, mask=None, keepdims=False):
     """Maximum over the valid positions.
 
     Args:
-        x: tensor to be pooled.
+        x: tensor to be pooled; masked positions must hold finite values
+            (the layers zero them).
         axes: tuple of int. The spatial axes.
         mask: optional boolean tensor broadcastable to `x`.
         keepdims: bool. Keep the reduced axes with size 1.
@@ -75,10 +76,28 @@ def global_max_pool(x, axes, mask=None, keepdims=False):
     if _no_elements(x):
         return _empty_pool(x, axes, keepdims)
     if mask is not None:
-        x = ops.where(mask, x, float("-inf"))
-    # The max of nothing is -inf: fully masked, or a size 0 at run time.
+        return _masked_max_pool(x, axes, mask, keepdims)
+    # The max of nothing is -inf: a size 0 at run time.
     pooled = ops.max(x, axis=axes, keepdims=keepdims)
     return _where_valid(pooled, x, axes, mask, keepdims)
+
+
+def _masked_max_pool(x, axes, mask, keepdims):
+    """`global_max_pool` with a mask: masked positions lowered to -inf.
+
+    Lowered by subtracting `inf`, not with `where(mask, x, -inf)`: Keras's
+    ONNX export (tf2onnx) writes a 16-bit `where` as `c * a + (1 - c) * b`,
+    where `0 * -inf` is NaN. `x - 0` is `x` exactly, NaN and -0.0 included.
+    A sample with no valid position is not lowered, so that its finite max
+    (not -inf, which would leak the same way) is replaced by zeros.
+    """
+    count = count_valid(x, axes, mask, keepdims=True)
+    kept = ops.logical_or(mask, count == 0)
+    # Constant branches in float32: tf2onnx keeps those a true `Where`.
+    lowering = ops.cast(ops.where(kept, 0.0, float("inf")), x.dtype)
+    pooled = ops.max(x - lowering, axis=axes, keepdims=True)
+    pooled = _zeros_where_empty(pooled, count)
+    return pooled if keepdims else ops.squeeze(pooled, axis=axes)
 
 
 def global_avg_max_pool(x, axes, mask=None, keepdims=False, peaks=None):

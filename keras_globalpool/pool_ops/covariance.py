@@ -1,5 +1,7 @@
 """iSQRT-COV: the covariance over valid positions and its Newton-Schulz root."""
 
+import keras
+import numpy as np
 from keras import ops
 
 from keras_globalpool.pool_ops.channel_pools import global_avg_pool
@@ -55,6 +57,20 @@ def blocked_gram(features):
     return blocked_sum(grams, axes=(1,)) * _UNSCALE
 
 
+def _trace(matrices):
+    """`ops.trace` over the last two axes, with no `eye` on TensorFlow.
+
+    Keras's TensorFlow `trace` masks the matrices with an `eye` built at run
+    time, which Keras's ONNX export (tf2onnx) writes as an `EyeLike` that
+    onnxruntime cannot run. The same sum with a constant mask gives the
+    same bits; the other backends keep their own `trace`.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return ops.trace(matrices, axis1=-2, axis2=-1)
+    diagonal = ops.convert_to_tensor(np.eye(matrices.shape[-1], dtype=bool))
+    return ops.sum(ops.where(diagonal, matrices, 0.0), axis=(-2, -1))
+
+
 def iterative_sqrtm(matrices, iterations):
     """iSQRT-COV's square root of symmetric positive semi-definite matrices.
 
@@ -80,8 +96,9 @@ def iterative_sqrtm(matrices, iterations):
     >>> np.round(np.diag(root[0]), 4).tolist()
     [2.0, 1.0]
     """
-    identity = ops.eye(matrices.shape[-1], dtype=matrices.dtype)
-    trace = ops.trace(matrices, axis1=-2, axis2=-1)[:, None, None]
+    # A constant, not `ops.eye`: see `_trace`.
+    identity = ops.convert_to_tensor(np.eye(matrices.shape[-1]), matrices.dtype)
+    trace = _trace(matrices)[:, None, None]
     # A zero matrix is divided by 1: its root is zero, and neither the value
     # nor the gradient meets 0 / 0.
     trace = ops.where(trace > 0, trace, 1.0)

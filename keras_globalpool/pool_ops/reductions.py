@@ -114,7 +114,9 @@ def _runs(x, axis, block):
     size = ops.shape(x)[axis]
     if not isinstance(size, int) or size % block:
         padding = [(0, 0)] * len(x.shape)
-        padding[axis] = (0, (-size) % block)
+        # Not `(-size) % block`: Keras's ONNX export (tf2onnx) takes the
+        # modulo of a negative size towards zero, -9 rather than 55.
+        padding[axis] = (0, (block - size % block) % block)
         x = ops.pad(x, padding)
     shape = ops.shape(x)
     runs = (*shape[:axis], shape[axis] // block, block, *shape[axis + 1 :])
@@ -142,7 +144,7 @@ def _nonzero(count):
 def _valid_peak(logits, axes, mask):
     """The largest valid logit of each sample, to shift a softmax by.
 
-    It is 0 where it is not finite (no valid position, or a logit of `+inf`),
+    It is 0 where it is infinite (no valid position, or a logit of `+inf`),
     so subtracting it never gives `inf - inf`; NaN logits still give NaN. It
     takes no gradient: a softmax does not depend on its shift.
     """
@@ -151,7 +153,10 @@ def _valid_peak(logits, axes, mask):
     if mask is not None:
         logits = ops.where(mask, logits, float("-inf"))
     peak = ops.max(logits, axis=axes, keepdims=True)
-    return ops.stop_gradient(ops.where(ops.isfinite(peak), peak, 0.0))
+    # `isinf`, not `isfinite`: Keras's ONNX export (tf2onnx) writes any
+    # other `where` as `c * a + (1 - c) * b`, where `0 * -inf` is NaN. A NaN
+    # peak stays NaN: its channel or sample is NaN either way.
+    return ops.stop_gradient(ops.where(ops.isinf(peak), 0.0, peak))
 
 
 def _exp_shifted(logits, axes, mask):

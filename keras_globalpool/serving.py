@@ -8,6 +8,8 @@ import uuid
 
 import keras
 
+from keras_globalpool.inputs import input_embedding
+
 # The activation of the layer that makes an output: how to read its values.
 _HEAD_KINDS = {
     keras.activations.softmax: "softmax",
@@ -64,7 +66,13 @@ def _served_outputs(model):
     tensors = model.outputs
     # Dict outputs are named by their keys, the others by the layer that
     # makes them, as `model.output_names` does.
-    paths = [path for path, _ in keras.tree.flatten_with_path(model.output)]
+    # A Sequential model has `outputs` but no `output` until it is called.
+    structure = (
+        model.output
+        if isinstance(model, keras.Model) and not isinstance(model, keras.Sequential)
+        else tensors
+    )
+    paths = [path for path, _ in keras.tree.flatten_with_path(structure)]
     names = [
         "_".join(key for key in path if isinstance(key, str))
         or tensor._keras_history.operation.name
@@ -103,15 +111,37 @@ def _decide(kind, values, threshold):
     return decisions[..., 0] if values.shape[-1] == 1 else decisions
 
 
-def _serving_function(model, jit_compile, threshold):
+def client_dtypes(model):
+    """The extra dtypes clients send for the model's input, by signature name.
+
+    Raw pixels often arrive as uint8, and `np.array` of JSON integers is
+    int64: an image model (a float input) also takes uint8 images, and a
+    token model (an integer input, or one that feeds an `Embedding`) also
+    takes int64 ids. Each extra signature casts to the model's input dtype.
+
+    Args:
+        model: a `keras.Model` with one input.
+
+    Returns:
+        dict mapping signature names to dtype names, such as
+        `{"serving_uint8": "uint8"}`.
+    """
+    dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
+    if "int" in dtype or input_embedding(model) is not None:
+        return {} if dtype == "int64" else {"serving_int64": "int64"}
+    return {"serving_uint8": "uint8"}
+
+
+def _serving_function(model, jit_compile, threshold, dtype=None):
     import tensorflow as tf
 
     images = model.inputs[0]
-    spec = tf.TensorSpec(images.shape, images.dtype, name="images")
+    spec = tf.TensorSpec(images.shape, dtype or images.dtype, name="images")
     served = _served_outputs(model)
 
     @tf.function(input_signature=[spec], jit_compile=jit_compile, autograph=False)
     def serve(images):
+        images = tf.cast(images, model.inputs[0].dtype)
         values = keras.tree.flatten(model(images, training=False))
         outputs = {}
         for output, value in zip(served, values, strict=True):
@@ -257,6 +287,10 @@ def export_saved_model(
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve)
+    for name, dtype in client_dtypes(model).items():
+        archive.add_endpoint(
+            name, _serving_function(model, jit_compile, float(threshold), dtype)
+        )
     # TF Serving ignores folders whose name is not a number.
     staging = os.path.join(export_dir, f"tmp-{version}-{uuid.uuid4().hex}")
     archive.write_out(staging, verbose=False)
