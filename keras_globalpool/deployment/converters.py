@@ -77,18 +77,21 @@ def to_litert(model, path, quantize, batches):
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         # Only builtin ops: Flex (SELECT_TF_OPS) is not in the standard runtime.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        converted = converter.convert()
-        if quantize is not None:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "dynamic":
+        if quantize is None:
             converted = converter.convert()
-        elif quantize == "int8":
+        elif quantize == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converted = converter.convert()
+        else:
+            # The float model's op names tell which ops stay float.
+            float_model = converter.convert()
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: ([b] for b in batches)
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                 tf.lite.OpsSet.TFLITE_BUILTINS,  # ops with no int8 kernel
             ]
-            converted = quantization.litert_int8(model, converter, converted, batches)
+            converted = quantization.litert_int8(model, converter, float_model, batches)
     with open(path, "wb") as file:
         file.write(converted)
 
