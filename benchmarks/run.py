@@ -6,12 +6,15 @@
     python -m benchmarks.run --sections 1 --dtypes float32  # section 1 in float32
     python -m benchmarks.run --device gpu    # the same on the first GPU
     python -m benchmarks.run --backend all   # section 6 on jax and torch too
+    python -m benchmarks.streaming_cache --sizes 5000,10000,20000  # section 7's options
 
 Sections: 1 layers against the Keras built-ins, 2 bandwidth, 3 head overhead
 on ResNet50 and MobileNetV2, 4 cached-feature training, 5 peak training
 memory (all five on TensorFlow), 6 forward and training step against the
-Keras built-ins (on every backend). Every figure is a ratio of medians
-measured in this run.
+Keras built-ins (on every backend), 7 cached training from an image folder
+streamed to a disk cache (TensorFlow; its sizes are options of
+`python -m benchmarks.streaming_cache`). Every figure is a ratio of medians
+measured in this run, or, in sections 5 and 7, a peak read from the kernel.
 """
 
 import argparse
@@ -30,9 +33,10 @@ SECTIONS = {
     "4": "benchmarks.cached_training",
     "5": "benchmarks.memory",
     "6": "benchmarks.passes",
+    "7": "benchmarks.streaming_cache",
 }
 # The sections written for TensorFlow's graph mode, XLA and devices.
-TF_ONLY = ("1", "2", "3", "4", "5")
+TF_ONLY = ("1", "2", "3", "4", "5", "7")
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
@@ -44,7 +48,7 @@ def parse_args(argv=None):
         "--sections",
         default=None,
         help="comma-separated section numbers (default: all that run on the "
-        "backend: 1-6 on tensorflow, 6 on jax and torch)",
+        "backend: 1-7 on tensorflow, 6 on jax and torch)",
     )
     parser.add_argument(
         "--backend",

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import keras
@@ -55,6 +56,7 @@ def test_keras_runs_the_requested_backend():
 SCRIPT = textwrap.dedent(
     """
     import sys
+    import time
     from pathlib import Path
 
     import keras
@@ -132,7 +134,11 @@ SCRIPT = textwrap.dedent(
         for name, m in built.items():
             m.save(folder / f"{name}.{me}.keras")
             np.save(folder / f"{name}.{me}.by.{me}.npy", numpy(m(inputs(name))))
+        (folder / f"{me}.saved").touch()
     if "load" in steps:
+        # The three backends run at once: load when the other two have saved.
+        while not all((folder / f"{b}.saved").exists() for b in BACKENDS):
+            time.sleep(0.2)
         for path in sorted(folder.glob("*.keras")):
             name, saver, _ = path.name.split(".")
             if saver != me:
@@ -142,26 +148,45 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run_script(backend, folder, *steps):
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(folder), *steps],
-        env=_environment(backend),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, f"{backend} {steps}:\n{done.stderr[-4000:]}"
+def _run_at_once(folder, *steps):
+    """Runs the script under every backend at once; fails with a failure's stderr."""
+    running = {}
+    for backend in BACKENDS:
+        with open(folder / f"{backend}.stderr", "w") as stderr:
+            running[backend] = subprocess.Popen(
+                [sys.executable, "-c", SCRIPT, str(folder), *steps],
+                env=_environment(backend),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+    deadline = time.monotonic() + 600
+    stopped = set()
+    # A backend that fails never writes its marker: stop the others waiting.
+    while any(p.poll() is None for p in running.values()):
+        if time.monotonic() > deadline or any(p.poll() for p in running.values()):
+            for backend, process in running.items():
+                if process.poll() is None:
+                    process.kill()
+                    stopped.add(backend)
+        time.sleep(0.5)
+    failures = [
+        f"{backend} {steps}:\n{(folder / f'{backend}.stderr').read_text()[-4000:]}"
+        for backend, process in running.items()
+        if process.wait() != 0 and backend not in stopped
+    ]
+    assert not failures, "\n".join(failures)
+    assert not stopped, f"{sorted(stopped)} still running after 600 s"
 
 
 @pytest.fixture(scope="session")
 def cross_backend_predictions(tmp_path_factory, other_backends_installed):
-    """Each backend saves three models; each loads the others' files."""
+    """Each backend saves three models, then loads the others' files.
+
+    One process per backend, all three started together: each loads once the
+    other two have saved (five processes one after the other took 90 s).
+    """
     folder = tmp_path_factory.mktemp("backends")
-    _run_script("tensorflow", folder, "save")
-    _run_script("jax", folder, "save")
-    _run_script("torch", folder, "save", "load")
-    _run_script("jax", folder, "load")
-    _run_script("tensorflow", folder, "load")
+    _run_at_once(folder, "save", "load")
     return folder
 
 

@@ -78,3 +78,47 @@ def test_scale_passes_the_gradient_through_the_pooling():
     x = keras.ops.ones((2, 3, 3, 2))
     model.train_on_batch(x, keras.ops.zeros((2, 1)) + 5.0)
     assert (keras.ops.convert_to_numpy(scale.scale) != before).all()
+
+
+def test_section_7_refuses_sizes_it_cannot_split_into_classes(capsys):
+    from benchmarks import streaming_cache
+
+    with pytest.raises(SystemExit):
+        streaming_cache.parse_args(["--sizes", "5000,10005"])
+    assert "multiples of 10" in capsys.readouterr().err
+    assert streaming_cache.parse_args(["--sizes", "20,40"]).sizes == (20, 40)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="section 7 runs on tensorflow"
+)
+def test_section_7_fills_its_table(tmp_path):
+    # Tiny folders: every part runs, a child process per memory case, and
+    # each target gets its row and verdict.
+    from benchmarks import streaming_cache
+
+    argv = ["--sizes", "20,40", "--memory-epochs", "1", "--speed-size", "20"]
+    argv += ["--speed-epochs", "2", "--speed-rounds", "1", "--fit-size", "20"]
+    argv += ["--test-size", "20", "--epochs", "2", "--data-dir", str(tmp_path)]
+    result = streaming_cache.run(streaming_cache.parse_args(argv))
+    rows = result["rows"]
+    memory = [r for r in rows if r["part"] == "1. memory" and "growth" not in r["case"]]
+    assert [(r["images"], "failed" not in r.get("met", "")) for r in memory] == [
+        (20, True),
+        (20, True),
+        (40, True),
+        (40, True),
+    ]
+    assert all(r["VmHWM MiB"] >= r["peak RssAnon MiB"] > 0 for r in memory)
+    verdicts = {r["part"]: r.get("met") for r in rows if r.get("met")}
+    assert set(verdicts) == {
+        "1. memory",
+        "2. epoch time",
+        "3. pooled vs maps",
+        "4. vs model.fit",
+    }
+    speed = [r for r in rows if r["part"] == "2. epoch time"]
+    assert all(r["seconds"] > 0 for r in speed)
+    table = common.format_table(result["title"], result["columns"], rows)
+    assert "| 4. vs model.fit |" in table

@@ -40,11 +40,21 @@ NUM_LABELS = 3
 
 # (pattern, replacement, why): applied in order to every python block.
 SUBSTITUTIONS = (
-    (r'weights="imagenet"', "weights=None", "no internet to download weights"),
+    (
+        r'weights="imagenet"',
+        "weights=imagenet_stand_in()",
+        "no internet to download weights: a seeded initialization stands in, the"
+        " same each time as the pretrained weights (one cache serves two models)",
+    ),
     (
         r"\((?:224, 224|96, 96), 3\)",
         repr(IMAGE_SHAPE),
         "small images keep the backbones fast on two cores",
+    ),
+    (
+        r"image_size=\((?:224, 224|96, 96)\)",
+        f"image_size={IMAGE_SHAPE[:2]!r}",
+        "a folder's images at the substituted size",
     ),
     (r"\bepochs=\d+", "epochs=1", "one epoch shows that training runs"),
     (
@@ -105,7 +115,12 @@ def prelude():
     def labels(count):
         return np.arange(count) % NUM_LABELS
 
+    def imagenet_stand_in():
+        keras.utils.set_random_seed(0)
+        return None
+
     names = {
+        "imagenet_stand_in": imagenet_stand_in,
         "x_train": images(8),
         "y_train": labels(8),
         "x_val": images(4),
@@ -124,8 +139,17 @@ def prelude():
 
 
 def write_stand_in_files(folder):
-    """CIFAR-10's Python batches, two images each, in the real format."""
+    """CIFAR-10's Python batches, two images each, in the real format; and a
+    folder of class subfolders of JPEG photos, two per class."""
     rng = np.random.default_rng(0)
+    from PIL import Image
+
+    for label in ("cats", "dogs"):
+        (folder / "photos" / "train" / label).mkdir(parents=True)
+        for index in range(2):
+            pixels = rng.integers(0, 256, (80, 80, 3)).astype("uint8")
+            path = folder / "photos" / "train" / label / f"{index}.jpg"
+            Image.fromarray(pixels).save(path)
     batches = folder / "cifar-10-batches-py"
     batches.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:

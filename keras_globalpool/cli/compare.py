@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_globalpool.cli.data.stream import head as head_images
+from keras_globalpool.cli.data.stream import sample_shape
 from keras_globalpool.cli.export_formats import export_and_measure, export_line
 from keras_globalpool.cli.interruption import is_interruption
 from keras_globalpool.cli.measure import latency_ms
@@ -79,8 +81,9 @@ class _Comparison:
             if settings.frozen
             else settings.workers or default_workers(settings, has_gpu)
         )
-        # Each head's maps on a few test images, for the report's grid.
-        self.overlay_images = test.x[:OVERLAY_IMAGES]
+        # Each head's maps on a few test images, for the report's grid; the
+        # first also times the latency. A folder that streams decodes these.
+        self.overlay_images = head_images(test, OVERLAY_IMAGES)
         self.heatmaps, self.captions = {}, {}
 
     def runner(self, progress, epochs_task):
@@ -109,7 +112,7 @@ class _Comparison:
             self.heatmaps[head] = head_heatmaps(first, self.overlay_images)
             self.captions[head] = self._captions(first)
         head_model = split_at_pooler(first)[1]
-        latency = latency_ms(first, self.test.x[0])
+        latency = latency_ms(first, self.overlay_images[0])
         exports, export_result = {}, None
         if self.settings.export:
             exports, export_result = _export(
@@ -169,7 +172,7 @@ class _Comparison:
                 "data": self.train.description,
                 "train_samples": len(self.train.y),
                 "test_samples": len(self.test.y),
-                "image_shape": "x".join(map(str, self.train.x.shape[1:])),
+                "image_shape": "x".join(map(str, sample_shape(self.train))),
                 "num_classes": self.train.num_classes,
                 "class_names": list(self.train.class_names),
                 "backbone_description": backbone_description(
@@ -181,6 +184,7 @@ class _Comparison:
                     f"seeds 0 to {settings.seeds - 1}"
                 ),
                 "cache_seconds": self.context.trainer.cache_seconds,
+                "cache_reused": self.context.trainer.cache_reused,
                 "jit_compile": self.context.jit_compile,
                 "workers": self.workers,
             },
@@ -229,26 +233,28 @@ def run_compare(settings, console, command=None):
         `CompareOutcome`.
     """
     check_new_run(settings, HEADS)
-    train, test = load_splits(settings)
-    report_dir = prepare_run_folders(settings, HEADS)["report_dir"]
-    if command is None:
-        command = " ".join(["keras-globalpool", *sys.argv[1:]])
-    comparison = _Comparison(settings, train, test, command)
-    results, status = [], "interrupted"
-    try:
+    with run_progress(console) as progress:
+        train, test = load_splits(settings, progress)
+        if command is None:
+            command = " ".join(["keras-globalpool", *sys.argv[1:]])
+        comparison = _Comparison(settings, train, test, command)
         context = comparison.context
-        context.trainer.prepare(lambda: context.model(settings.heads[0], seed=0))
-        with run_progress(console) as progress:
+        # A cache of another backbone is refused before any folder is written.
+        context.trainer.open(lambda: context.model(settings.heads[0], seed=0))
+        report_dir = prepare_run_folders(settings, HEADS)["report_dir"]
+        results, status = [], "interrupted"
+        try:
+            context.trainer.prepare(progress)
             runs = progress.add_task("runs", total=len(settings.heads) * settings.seeds)
             epochs = progress.add_task("epochs", total=settings.epochs)
             with comparison.runner(progress, epochs) as runner:
                 for head in settings.heads:
                     results.append(comparison.run_head(head, runner, progress, runs))
                     _write(report_dir, comparison, "running", results)
-        status = "complete"
-    except BaseException as error:
-        if not is_interruption(error):
-            raise
-        console.print("[bold]Interrupted:[/] keeping the heads that finished.")
+            status = "complete"
+        except BaseException as error:
+            if not is_interruption(error):
+                raise
+            console.print("[bold]Interrupted:[/] keeping the heads that finished.")
     _write(report_dir, comparison, status, results)
     return CompareOutcome(results, report_dir, status != "complete")

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from keras_globalpool.cli.data.stream import head as head_images
+from keras_globalpool.cli.data.stream import image_batches
 from keras_globalpool.cli.interruption import is_interruption
 from keras_globalpool.cli.measure import call_latency_ms
 from keras_globalpool.cli.results import ExportResult
@@ -39,11 +41,11 @@ def export_size(path):
     return sum(os.path.getsize(file) for file in files if os.path.isfile(file))
 
 
-def _probabilities(predict, images):
-    """The export's first output (`probabilities` for a softmax head) on `images`."""
+def _probabilities(predict, dataset):
+    """The export's first output (`probabilities` for a softmax head) on `dataset`."""
     batches = []
-    for start in range(0, len(images), _BATCH):
-        outputs = predict(images[start : start + _BATCH])
+    for images in image_batches(dataset, _BATCH):
+        outputs = predict(images)
         batches.append(outputs.get("probabilities", next(iter(outputs.values()))))
     return np.concatenate(batches)
 
@@ -59,17 +61,21 @@ def export_and_measure(model, folder, settings, train, test, keras_measures):
         model: the head's first-seed `keras.Model`.
         folder: `pathlib.Path` of the head's models folder.
         settings: `CompareSettings` whose `deploys` is true.
-        train: the run's training `ImageDataset`; `quantize="int8"`
-            calibrates on its first `CALIBRATION_IMAGES` images.
-        test: the run's test `ImageDataset`.
+        train: the run's training `ImageDataset` or `FileImageDataset`;
+            `quantize="int8"` calibrates on its first `CALIBRATION_IMAGES`
+            images.
+        test: the run's test images, of the same kind, read a batch at a
+            time.
         keras_measures: `(probabilities, latency_ms)` of the Keras model on
-            `test.x`, to compare with.
+            the test images, to compare with.
 
     Returns:
         `ExportResult`.
     """
     format, quantize = settings.export_format, settings.quantize
-    calibration = train.x[:CALIBRATION_IMAGES] if quantize == "int8" else None
+    calibration = None
+    if quantize == "int8":
+        calibration = head_images(train, CALIBRATION_IMAGES)
     try:
         path = export(
             model,
@@ -83,7 +89,7 @@ def export_and_measure(model, folder, settings, train, test, keras_measures):
             raise
         return ExportResult(format, quantize, error=" ".join(str(error).split()))
     predict = load_exported(path)
-    predicted = np.argmax(_probabilities(predict, test.x), axis=-1)
+    predicted = np.argmax(_probabilities(predict, test), axis=-1)
     keras_probabilities, keras_latency_ms = keras_measures
     keras_predicted = np.argmax(keras_probabilities, axis=-1)
     return ExportResult(
@@ -94,7 +100,7 @@ def export_and_measure(model, folder, settings, train, test, keras_measures):
         accuracy=float(np.mean(predicted == test.y)),
         keras_accuracy=float(np.mean(keras_predicted == test.y)),
         agreement=float(np.mean(predicted == keras_predicted)),
-        latency_ms=call_latency_ms(predict, test.x[:1]),
+        latency_ms=call_latency_ms(predict, head_images(test, 1)),
         keras_latency_ms=keras_latency_ms,
     )
 

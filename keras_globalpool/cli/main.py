@@ -6,6 +6,7 @@ import sys
 import tensorflow as tf
 from rich.console import Console
 
+from keras_globalpool.cached import budget
 from keras_globalpool.cli.backbones import SMALL_CNN
 from keras_globalpool.cli.compare import run_compare
 from keras_globalpool.cli.data.sources import DATASETS
@@ -56,6 +57,14 @@ def _heads(text):
     return list(HEADS) if heads == ["all"] else heads
 
 
+def _memory_budget(text):
+    try:
+        budget.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
     """Reports a bad argument in one line, as every other bad input is."""
 
@@ -76,8 +85,9 @@ def _add_compare(commands):
     parser.add_argument(
         "--data",
         default="translated-digits",
-        help="a folder of class subfolders (hidden files and folders, whose "
-        "names start with '.', are skipped), a .npz file with arrays x and y, or "
+        help="a folder of class subfolders, decoded a batch at a time (hidden "
+        "files and folders, whose names start with '.', are skipped), a .npz file "
+        "with arrays x and y, or "
         f"a built-in data set: {', '.join(DATASETS)} (default: translated-digits); "
         "an existing path wins over a built-in name",
     )
@@ -138,6 +148,25 @@ def _add_compare(commands):
         help="trainings run at once, each in a process of its own, when the whole "
         "model trains (default: one per CPU core on a CPU, 1 with a GPU; a frozen "
         "backbone's heads train one at a time)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        help="with a frozen backbone (--weights): keep the cached features in "
+        "this folder and reuse them when a later run has the same images, split "
+        "and backbone weights; a cache of another backbone is refused unless "
+        "--overwrite-cache",
+    )
+    parser.add_argument(
+        "--overwrite-cache",
+        action="store_true",
+        help="replace a cache in --cache-dir that another backbone made",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        type=_memory_budget,
+        help="the most memory the cached features may take, such as 2GB or "
+        "512MiB; above it they go to disk as the backbone runs (default: a "
+        "quarter of the available memory)",
     )
     parser.add_argument(
         "--quick",
@@ -291,6 +320,9 @@ def settings_from(args):
         workers=args.workers,
         export_format=args.export_format,
         quantize=args.quantize,
+        cache_dir=args.cache_dir,
+        overwrite_cache=args.overwrite_cache,
+        memory_budget=args.memory_budget,
         **optional,
     )
 

@@ -49,11 +49,12 @@ def backbone_description(settings, trainer):
             f"{settings.backbone}, random weights, trained from scratch with each "
             f"head ({trainer.description})"
         )
-    cached = (
-        ""
-        if trainer.cache_seconds is None
-        else f"; caching the features took {trainer.cache_seconds:.1f} s, once"
-    )
+    if trainer.cache_reused:
+        cached = f"; the features were reused from --cache-dir {settings.cache_dir}"
+    elif trainer.cache_seconds is None:
+        cached = ""
+    else:
+        cached = f"; caching the features took {trainer.cache_seconds:.1f} s, once"
     return (
         f"{settings.backbone}, weights {settings.weights!r}, frozen ("
         f"{trainer.description}{cached})"

@@ -6,6 +6,7 @@ import time
 import keras
 
 from keras_globalpool.cli.backbones import bag_classifier, build_model
+from keras_globalpool.cli.data.stream import sample_shape
 from keras_globalpool.cli.data.tasks import BagDataset
 from keras_globalpool.cli.measure import memory_meter
 from keras_globalpool.cli.training import TRAINERS
@@ -43,17 +44,15 @@ class RunContext:
 
     Args:
         settings: `CompareSettings`.
-        train: `ImageDataset` to train on.
-        test: `ImageDataset` to score on.
+        train: `ImageDataset` or `FileImageDataset` to train on.
+        test: the same kind, to score on.
         jit_compile: bool. Passed to `model.compile`.
     """
 
     def __init__(self, settings, train, test, jit_compile=False):
         self.settings, self.train, self.test = settings, train, test
         self.jit_compile = jit_compile
-        self.trainer = TRAINERS[settings.frozen](
-            train, test, settings.epochs, settings.batch_size
-        )
+        self.trainer = TRAINERS[settings.frozen](train, test, settings)
         self.meter = memory_meter()
         # Bags of instances get an instance encoder, not a CNN backbone.
         self.bags = isinstance(train, BagDataset)
@@ -61,7 +60,7 @@ class RunContext:
     def model(self, head, seed):
         """A new compiled model of `head`, initialized from `seed`."""
         keras.utils.set_random_seed(seed)
-        input_shape = self.train.x.shape[1:]
+        input_shape = sample_shape(self.train)
         if self.bags:
             model = bag_classifier(head, input_shape, self.train.num_classes)
         else:

@@ -6,6 +6,7 @@ import numbers
 import time
 
 from keras_globalpool.arguments import check_positive_int
+from keras_globalpool.cached import budget
 from keras_globalpool.cli.backbones import SMALL_CNN, check_backbone
 from keras_globalpool.cli.data.tasks import TASKS
 from keras_globalpool.cli.outputs import check_run_name
@@ -86,6 +87,16 @@ class CompareSettings:
         quantize: optional string, `"dynamic"` or `"int8"`, for an
             `export_format` that offers it (`"onnx"`, `"litert"`); `"int8"`
             calibrates on up to 256 training images.
+        cache_dir: optional string. With a frozen backbone, keep the cached
+            features in this folder, one cache per split, and reuse them in
+            a later run on the same images, split and backbone weights; a
+            cache of other weights is refused unless `overwrite_cache`.
+        overwrite_cache: bool. Replace a cache in `cache_dir` that another
+            backbone made.
+        memory_budget: optional string such as `"2GB"`, or int (bytes). The
+            most memory the cached features may take; above it they go to
+            disk as the backbone runs. Defaults to `None`: a quarter of the
+            available memory.
     """
 
     data: str = "translated-digits"
@@ -110,6 +121,9 @@ class CompareSettings:
     workers: int | None = None
     export_format: str | None = None
     quantize: str | None = None
+    cache_dir: str | None = None
+    overwrite_cache: bool = False
+    memory_budget: str | int | None = None
 
     def __post_init__(self):
         unknown = [head for head in self.heads if head not in HEADS]
@@ -132,6 +146,25 @@ class CompareSettings:
         check_backbone(self.backbone, self.weights)
         self._check_task()
         self._check_export_format()
+        self._check_cache()
+
+    def _check_cache(self):
+        if self.memory_budget is not None:
+            budget.parse(self.memory_budget)
+        if self.overwrite_cache and self.cache_dir is None:
+            raise ValueError(
+                "`overwrite_cache` (--overwrite-cache) needs `cache_dir` "
+                "(--cache-dir), the folder whose cache it replaces. Received: "
+                f"overwrite_cache={self.overwrite_cache!r}, cache_dir=None"
+            )
+        if self.cache_dir is not None and not self.frozen:
+            raise ValueError(
+                "`cache_dir` (--cache-dir) keeps the features of a frozen "
+                "backbone, a keras.applications backbone with weights; here the "
+                "whole model trains and nothing is cached. Received: "
+                f"cache_dir={self.cache_dir!r}, backbone={self.backbone!r}, "
+                f"weights={self.weights!r}"
+            )
 
     def _check_task(self):
         if self.task is None:

@@ -6,7 +6,7 @@ times as fast as with 1. Two trainings side by side, one thread each, do
 1.6 times the work of one after the other. `ProcessRunner` trains the runs
 that way, in spawned processes (TensorFlow is not safe to fork). The images
 reach the workers as memory-mapped `.npy` files, not pickled through a pipe
-once per worker.
+once per worker; a folder that streams reaches them as its list of files.
 """
 
 import concurrent.futures
@@ -22,6 +22,7 @@ import time
 import keras
 import numpy as np
 
+from keras_globalpool.cli.data.stream import FileImageDataset
 from keras_globalpool.cli.progress import EpochProgress
 from keras_globalpool.cli.runs import RunContext
 
@@ -105,14 +106,22 @@ def _exit_with(parent):
 
 
 def _to_file(dataset, path):
-    """`dataset` with its images in a `.npy` file at `path`, as a light tuple."""
-    np.save(path, dataset.x)
+    """`dataset` with its images in a `.npy` file at `path`, as a light tuple.
+
+    A `FileImageDataset` goes as it is, a list of files that each worker
+    decodes batch by batch: `path` stays unwritten.
+    """
     fields = {f.name: getattr(dataset, f.name) for f in dataclasses.fields(dataset)}
+    if isinstance(dataset, FileImageDataset):
+        return type(dataset), fields, None
+    np.save(path, dataset.x)
     del fields["x"]
     return type(dataset), fields, path
 
 
 def _from_file(kind, fields, path):
+    if path is None:
+        return kind(**fields)
     return kind(x=np.load(path, mmap_mode="r"), **fields)
 
 

@@ -6,6 +6,7 @@ macOS's `._cat.png` AppleDouble files or a `.thumbnails` folder.
 """
 
 import collections
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -92,6 +93,65 @@ def _mismatch_message(root, sizes):
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """What `scan_directory` finds: the files, their labels and how to decode them."""
+
+    files: tuple
+    y: np.ndarray
+    class_names: tuple
+    image_size: tuple
+    channels: int
+    description: str
+
+
+def scan_directory(path, image_size=None):
+    """Lists the images under `path/<class name>/` and reads their headers only.
+
+    The checks and choices of `load_directory`, without decoding a pixel:
+    the classes, the one image size (or `image_size`), and the channels to
+    decode (1 when every file is grayscale, else 3).
+
+    Args:
+        path: string or `pathlib.Path`, as for `load_directory`.
+        image_size: optional int or `(height, width)`, as for `load_directory`.
+
+    Returns:
+        `Listing`.
+    """
+    root = pathlib.Path(path)
+    if not root.is_dir():
+        raise ValueError(
+            "`path` must be an existing folder of class subfolders. "
+            f"Received: path={str(path)!r}, which does not exist or is not a folder"
+        )
+    classes = _class_images(root)
+    if len(classes) < 2:
+        raise ValueError(
+            "`path` must hold at least 2 class subfolders with images "
+            f"({', '.join(IMAGE_SUFFIXES)}). Received: path={str(path)!r} with "
+            f"{len(classes)}: {sorted(classes)}"
+        )
+    files = [f for class_files in classes.values() for f in class_files]
+    sizes, modes = _image_modes(files)
+    if image_size is None:
+        if len(sizes) > 1:
+            raise ValueError(_mismatch_message(root, sizes))
+        width, height = next(iter(sizes))
+        image_size = (height, width)
+    image_size = size_pair(image_size)
+    channels = 1 if modes <= set(_GRAYSCALE_MODES) else 3
+    y = np.repeat(np.arange(len(classes)), [len(f) for f in classes.values()])
+    return Listing(
+        files=tuple(files),
+        y=y.astype("int64"),
+        class_names=tuple(classes),
+        image_size=image_size,
+        channels=channels,
+        description=f"folder {str(root)!r}, {image_size[0]}x{image_size[1]}",
+    )
+
+
 def load_directory(path, image_size=None):
     """Loads every image under `path/<class name>/` into memory.
 
@@ -127,33 +187,13 @@ def load_directory(path, image_size=None):
     >>> data.class_names, data.x.shape
     (('daisy', 'rose'), (4, 4, 4, 3))
     """
-    root = pathlib.Path(path)
-    if not root.is_dir():
-        raise ValueError(
-            "`path` must be an existing folder of class subfolders. "
-            f"Received: path={str(path)!r}, which does not exist or is not a folder"
-        )
-    classes = _class_images(root)
-    if len(classes) < 2:
-        raise ValueError(
-            "`path` must hold at least 2 class subfolders with images "
-            f"({', '.join(IMAGE_SUFFIXES)}). Received: path={str(path)!r} with "
-            f"{len(classes)}: {sorted(classes)}"
-        )
-    files = [f for class_files in classes.values() for f in class_files]
-    sizes, modes = _image_modes(files)
-    if image_size is None:
-        if len(sizes) > 1:
-            raise ValueError(_mismatch_message(root, sizes))
-        width, height = next(iter(sizes))
-        image_size = (height, width)
-    image_size = size_pair(image_size)
-    channels = 1 if modes <= set(_GRAYSCALE_MODES) else 3
-    x = np.stack([_decode(f, image_size, channels) for f in files])
-    y = np.repeat(np.arange(len(classes)), [len(f) for f in classes.values()])
+    listing = scan_directory(path, image_size)
+    x = np.stack(
+        [_decode(f, listing.image_size, listing.channels) for f in listing.files]
+    )
     return ImageDataset(
         x=x,
-        y=y.astype("int64"),
-        class_names=tuple(classes),
-        description=f"folder {str(root)!r}, {image_size[0]}x{image_size[1]}",
+        y=listing.y,
+        class_names=listing.class_names,
+        description=listing.description,
     )

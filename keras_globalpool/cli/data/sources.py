@@ -5,6 +5,7 @@ import pathlib
 from keras_globalpool.cli.data.digits import load_digits, load_translated_digits
 from keras_globalpool.cli.data.directory import load_directory
 from keras_globalpool.cli.data.npz import load_npz
+from keras_globalpool.cli.data.stream import stream_directory
 
 DATASETS = {
     "translated-digits": load_translated_digits,
@@ -12,7 +13,7 @@ DATASETS = {
 }
 
 
-def load(source="translated-digits", image_size=None):
+def load(source="translated-digits", image_size=None, stream=False):
     """Loads a data set from a folder, a `.npz` file, or by name.
 
     A path that exists always wins: a folder named `digits` in the current
@@ -27,9 +28,12 @@ def load(source="translated-digits", image_size=None):
             `"translated-digits"`.
         image_size: optional int or `(height, width)`. For folders: resize
             every image on loading. Defaults to `None`.
+        stream: bool. For folders: list the files only, and decode them a
+            batch at a time when read (`stream_directory`). Defaults to
+            `False`: every image in memory.
 
     Returns:
-        `ImageDataset`.
+        `ImageDataset`, or a `FileImageDataset` for a folder streamed.
 
     Example:
 
@@ -39,6 +43,8 @@ def load(source="translated-digits", image_size=None):
     """
     path = pathlib.Path(source)
     if path.is_dir():
+        if stream:
+            return stream_directory(path, image_size=image_size)
         return load_directory(path, image_size=image_size)
     is_npz = path.suffix.lower() == ".npz"
     if path.exists() and not is_npz:

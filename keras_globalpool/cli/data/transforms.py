@@ -74,13 +74,17 @@ def to_rgb(dataset):
     """Repeats a grayscale channel three times, for RGB backbones.
 
     Args:
-        dataset: `ImageDataset` with 1 or 3 channels.
+        dataset: `ImageDataset` with 1 or 3 channels, or a
+            `FileImageDataset`, which repeats the channel as it reads.
 
     Returns:
-        An `ImageDataset` with 3 channels; `dataset` itself when it has them.
+        A dataset of the same kind with 3 channels; `dataset` itself when
+        it has them.
     """
     if dataset.image_shape[-1] == 3:
         return dataset
+    if not hasattr(dataset, "x"):  # A stream: no pixels to repeat yet.
+        return dataset.to_rgb()
     return dataclasses.replace(
         dataset,
         x=np.repeat(dataset.x, 3, axis=-1),
