@@ -7,10 +7,13 @@ them alike and none inherits another's cached data.
 """
 
 import contextlib
+import json
 import os
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import time
 
 import keras
@@ -270,3 +273,36 @@ def _cell(value):
 def verdict(ok):
     """The check mark a target gets in the tables."""
     return "yes" if ok else "NO"
+
+
+# The repository's root, where `python -m benchmarks.<module>` runs.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_child(module, arguments, device):
+    """Runs `python -m <module> <arguments>` in a fresh process; its last line as JSON.
+
+    Args:
+        module: str, such as `"benchmarks.memory"`.
+        arguments: list of the command-line arguments, as str.
+        device: `"cpu"` hides the GPUs from the child.
+
+    Returns:
+        The dict the child printed as its last line, or
+        `{"failed": "exit <code>: <last line of stderr>"}` (killed with
+        -9, most likely by the kernel's out-of-memory killer).
+    """
+    env = dict(os.environ)
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return {"failed": f"exit {done.returncode}: {lines[-1] if lines else ''}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])

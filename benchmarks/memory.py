@@ -13,14 +13,12 @@ learning, the usual case) and trainable (training from scratch).
 
 import json
 import os
-import subprocess
 import sys
 
-from benchmarks.common import verdict
+from benchmarks.common import run_child, verdict
 
 HEADS = ("flatten-4096", "flatten", "avg", "max", "mixed", "gem", "attention")
 SETTINGS = {"frozen": True, "trainable": False}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _status_kib(field):
@@ -75,24 +73,11 @@ def worker(head, freeze, image_size, steps):
 
 
 def _measure(head, freeze, image_size, steps, device):
-    command = [
-        sys.executable,
-        "-m",
+    return run_child(
         "benchmarks.memory",
-        head,
-        str(int(freeze)),
-        str(image_size),
-        str(steps),
-    ]
-    env = dict(os.environ)
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        # Killed (-9) most likely by the kernel's out-of-memory killer.
-        lines = done.stderr.strip().splitlines()
-        return {"failed": f"exit {done.returncode}: {lines[-1] if lines else ''}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        [head, str(int(freeze)), str(image_size), str(steps)],
+        device,
+    )
 
 
 def run(args):

@@ -49,7 +49,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -60,9 +59,8 @@ import keras
 import numpy as np
 
 from benchmarks.cached_training import ACCURACY_TOLERANCE, TARGET_SPEEDUP
-from benchmarks.common import verdict
+from benchmarks.common import run_child, verdict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 96
 CLASSES = 10
 BATCH_SIZE = 32
@@ -361,25 +359,11 @@ def memory_worker(mode, folder, epochs, cache_dir, backbone):
 
 
 def _measure_memory(mode, folder, epochs, cache_dir, backbone, device):
-    command = [
-        sys.executable,
-        "-m",
+    return run_child(
         "benchmarks.streaming_cache",
-        "--worker",
-        mode,
-        str(folder),
-        str(epochs),
-        str(cache_dir),
-        str(backbone),
-    ]
-    env = dict(os.environ)
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        return {"failed": f"exit {done.returncode}: {lines[-1] if lines else ''}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        ["--worker", mode, str(folder), str(epochs), str(cache_dir), str(backbone)],
+        device,
+    )
 
 
 MODES = {
